@@ -368,17 +368,18 @@ class ClientConnection(_BlockConnection):
         return [HandshakeComplete(v, self.params, encrypt, self.router_key)]
 
     def _check_router_key(self, auth: CertChainPubKey) -> PublicKey:
-        """Chain 2–4 certs, identity hash, and the key signed by the TLS leaf (§3.2)."""
-        if not 2 <= len(auth.chain) <= 4:
-            raise TransportError(HandshakeErrorCode.BAD_AUTH, "router hello chain must have 2-4 certificates")
-        if crypto.sha256(auth.chain[1]) != self.key_hash:
-            raise TransportError(HandshakeErrorCode.IDENTITY, "router identity does not match the key hash")
-        leaf = self.peer_chain[0] if self.peer_chain else auth.chain[0]
-        if self.verify_session_key is None:
-            raise TransportError(HandshakeErrorCode.BAD_AUTH, "no session key verifier configured")
+        """Chain 2–4 certs, identity hash, and the key signed by the TLS leaf (§3.2).
+
+        Every failure here is ``HANDSHAKE BAD_AUTH``, as in ``smpClientHandshake``."""
+        leaf = self.peer_chain[0] if self.peer_chain else (auth.chain[0] if auth.chain else b"")
         try:
-            key = self.verify_session_key(leaf, auth.signed_key)
-        except Exception as e:  # the verifier raises typed errors; any failure is BAD_AUTH
+            if self.verify_session_key is not None:
+                if not 2 <= len(auth.chain) <= 4 or crypto.sha256(auth.chain[1]) != self.key_hash:
+                    raise RemoteProtocolError("router hello chain does not match the key hash")
+                key = self.verify_session_key(leaf, auth.signed_key)
+            else:
+                key = auth.verify(leaf, self.key_hash, KeyAlgorithm.X25519)
+        except RemoteProtocolError as e:
             raise TransportError(HandshakeErrorCode.BAD_AUTH, str(e)) from e
         if key.alg is not KeyAlgorithm.X25519:
             raise TransportError(HandshakeErrorCode.BAD_AUTH, "router session key must be X25519")

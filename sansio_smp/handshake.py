@@ -9,8 +9,9 @@ from __future__ import annotations
 import attrs
 
 from .crypto import PublicKey
-from .encoding import Reader, VersionRange, boolean, lg, mb, ne, sb, w16
+from .encoding import Reader, VersionRange, boolean, mb, sb, w16
 from .errors import ParseError
+from .x509 import CertChainPubKey
 
 SMP_VERSION_MIN = 6
 SMP_VERSION_MAX = 18
@@ -22,22 +23,6 @@ AUTH_CMDS_VERSION = 7  # session key in hellos, implied session id
 PROXY_SERVER_HELLO_VERSION = 14
 SERVICE_CERTS_VERSION = 16
 ENCRYPTED_BLOCK_VERSION = 11
-
-
-@attrs.frozen
-class CertChainPubKey:
-    """The router's certificate chain (leaf first) and its signed X25519 session key (§3.2)."""
-
-    chain: tuple[bytes, ...]
-    signed_key: bytes
-
-    def encode(self) -> bytes:
-        return ne(lg(c) for c in self.chain) + lg(self.signed_key)
-
-    @staticmethod
-    def parse(r: Reader) -> "CertChainPubKey":
-        chain = tuple(r.ne(lambda rr: rr.lg()))
-        return CertChainPubKey(chain, r.lg())
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import enum
+import warnings
 from typing import Callable, Sequence, Union
 
 import attrs
@@ -161,10 +162,6 @@ def _sign_key_obj(key: PrivateKey):  # type: ignore[no-untyped-def]
     raise LocalProtocolError("certificates are signed with Ed25519 or Ed448 keys only")
 
 
-def _public_key_obj(pub: PublicKey):  # type: ignore[no-untyped-def]
-    return serialization.load_der_public_key(pub.spki())
-
-
 def random_serial(random_bytes: RandomBytes) -> int:
     """A positive 159-bit serial number from 20 injected bytes (as OpenSSL makes them)."""
     raw = bytearray(random_bytes(SERIAL_SIZE))
@@ -302,6 +299,18 @@ class RouterIdentity:
     def chain_der(self) -> list[bytes]:
         """The TLS chain the router presents: ``[server.crt, ca.crt]``."""
         return [self.server_cert_der, self.ca_cert_der]
+
+    @property
+    def chain(self) -> tuple[bytes, ...]:
+        """:attr:`chain_der` as a tuple (the ``connection.RouterIdentity`` protocol)."""
+        return (self.server_cert_der, self.ca_cert_der)
+
+    def sign_session_key(self, public_key: PublicKey) -> bytes:
+        """The hello's signed session key, signed with the online key (:func:`sign_session_key`)."""
+        return sign_session_key(self.server_key, public_key)
+
+    def cert_chain_pub_key(self, public_key: PublicKey) -> "CertChainPubKey":
+        return CertChainPubKey(self.chain, self.sign_session_key(public_key))
 
     def chain_pem(self) -> bytes:
         return der_to_pem(self.server_cert_der) + der_to_pem(self.ca_cert_der)
@@ -456,6 +465,12 @@ def _tbs_names(der: bytes) -> tuple[int, bytes, bytes]:
     issuer, subject = fields[2], fields[4]
     if issuer.tag != 0x30 or subject.tag != 0x30:
         raise ParseError("certificate: bad names")
+    alg = _tlv(der, tbs.end, outer.end)
+    bits = _tlv(der, alg.end, outer.end)
+    if alg.tag != 0x30 or bits.tag != 0x03 or bits.end != outer.end:
+        raise ParseError("certificate: bad signature fields")
+    if bits.end == bits.body or der[bits.body] != 0:
+        raise ParseError("certificate: signature BIT STRING with unused bits")
     return version, der[issuer.start : issuer.end], der[subject.start : subject.end]
 
 
@@ -464,12 +479,14 @@ def _load_cert(der: bytes) -> _Cert:
     try:
         der = bytes(der)
         version, issuer_raw, subject_raw = _tbs_names(der)
-        obj = _x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. non-positive serials: still decodable
+            obj = _x509.load_der_x509_certificate(der)
         # force the lazily parsed parts now, so later accesses cannot raise
         obj.extensions  # noqa: B018
         obj.not_valid_before_utc  # noqa: B018
         obj.not_valid_after_utc  # noqa: B018
-    except (ParseError, ValueError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - cryptography raises ValueError, InvalidVersion, ...
         raise CertificateError(CertificateFailure.MALFORMED, str(e)) from e
     return _Cert(der, obj, issuer_raw, subject_raw, version)
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_smp import x509
 from sansio_smp.connection import (
     ClientConnection,
     ConnectionClosed,
@@ -26,6 +27,7 @@ from sansio_smp.handshake import ClientHello, ServerHello, negotiate_client_vers
 from sansio_smp.transmission import SMP_BLOCK_SIZE, TransmissionParams, encode_transmission, pad_block
 
 DATA = Path(__file__).parent / "data" / "smp"
+NOW = 1_700_000_000
 HS = json.loads((DATA / "handshake.json").read_text())
 
 
@@ -94,37 +96,20 @@ def test_hello_parsers_are_total(data: bytes) -> None:
 # ---------------------------------------------------------------- connection machines
 
 
-class _TestIdentity:
-    """A minimal router identity: the signed key is checked by the matching verifier below."""
-
-    def __init__(self, rb) -> None:  # type: ignore[no-untyped-def]
-        self.leaf = PrivateKey.generate(KeyAlgorithm.ED25519, rb)
-        self.chain = (b"leaf-cert", b"identity-cert")
-
-    def sign_session_key(self, key: PublicKey) -> bytes:
-        return key.spki() + self.leaf.sign(key.spki())
+def _identity(seed: int) -> x509.RouterIdentity:
+    rng = random.Random(seed)
+    return x509.generate_router_identity("localhost", rng.randbytes, NOW)
 
 
-def _verifier(identity: _TestIdentity):  # type: ignore[no-untyped-def]
-    def verify(leaf: bytes, signed: bytes) -> PublicKey:
-        spki, sig = signed[:44], signed[44:]
-        if not identity.leaf.public().verify(sig, spki):
-            raise RemoteProtocolError("bad signature")
-        return PublicKey.from_spki(spki)
-
-    return verify
+IDENTITY = _identity(1)
 
 
-def _pair(seed: int = 1, **client_kw):  # type: ignore[no-untyped-def]
-    from sansio_smp.crypto import sha256
-
+def _pair(seed: int = 1, identity: x509.RouterIdentity = IDENTITY, **client_kw):  # type: ignore[no-untyped-def]
     rng = random.Random(seed)
     rb = rng.randbytes
-    ident = _TestIdentity(rb)
     sid = rb(32)
-    kh = sha256(ident.chain[1])
-    router = RouterConnection(session_id=sid, key_hash=kh, identity=ident, random_bytes=rb)
-    kw = dict(key_hash=kh, session_id=sid, random_bytes=rb, verify_session_key=_verifier(ident))
+    router = RouterConnection(session_id=sid, key_hash=identity.key_hash, identity=identity, random_bytes=rb)
+    kw = dict(key_hash=identity.key_hash, session_id=sid, random_bytes=rb, peer_chain=identity.chain)
     kw.update(client_kw)
     client = ClientConnection(**kw)
     return router, client
@@ -164,7 +149,7 @@ def test_wrong_key_hash_is_refused_by_router() -> None:
     router, client = _pair(key_hash=b"\x01" * 32)
     # the client checks the identity itself first
     (ev,) = client.receive_data(router.data_to_send())
-    assert isinstance(ev, ConnectionClosed) and "IDENTITY" in ev.reason
+    assert isinstance(ev, ConnectionClosed) and "BAD_AUTH" in ev.reason
     assert client.state is ConnectionState.ERROR
 
 
@@ -210,9 +195,9 @@ def test_client_rejects_wrong_session_id() -> None:
 
 
 def test_client_rejects_bad_session_key_signature() -> None:
-    router, client = _pair()
-    other = _TestIdentity(random.Random(5).randbytes)
-    client.verify_session_key = _verifier(other)
+    # the TLS peer leaf belongs to another identity with the same key hash claimed
+    other = _identity(5)
+    router, client = _pair(peer_chain=other.chain)
     (ev,) = client.receive_data(router.data_to_send())
     assert isinstance(ev, ConnectionClosed) and "BAD_AUTH" in ev.reason
 
