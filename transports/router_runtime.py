@@ -1,0 +1,377 @@
+"""The anyio runtime of the SMP router: TLS (or in-memory) streams in, the pure
+:class:`~sansio_smp.router.Router` in the middle, the store files underneath (smp.md §2, §3, §6).
+
+* One task per connection reads whole blocks and feeds them to its
+  :class:`~sansio_smp.connection.RouterConnection` and the router; one sender task per
+  connection writes what the router produced (a slow reader never blocks other connections; a
+  backlog over :data:`MAX_SEND_BACKLOG` closes that connection).
+* One timer task runs :meth:`Router.handle_timer` at :meth:`Router.next_timer` (END/DELD flush,
+  NMSG delivery, message expiry) with the real clock.
+* One store task drains :meth:`Router.pending_store_writes`, appends and fsyncs in a worker
+  thread, then calls :meth:`Router.store_written`: while one batch is being fsync'd, every
+  connection keeps working and the next batch collects all their records (group commit across
+  connections). A failed write (disk full) rolls the router back and answers ``ERR STORE``.
+* SIGTERM/SIGINT: stop accepting, wait until every record is on disk, flush the responses,
+  close the connections and the files. SIGKILL loses nothing that was acknowledged (the store
+  files recover a torn last line at start).
+* Logs carry no client addresses and no queue ids (connections are numbered).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any, Callable, Sequence
+
+import anyio
+import anyio.abc
+
+from sansio_smp.connection import ConnectionState, RouterConnection
+from sansio_smp.router import Router, RouterConfig, RouterHelloIdentity
+from sansio_smp.store_log import QueueStore
+from sansio_smp.x509 import RouterIdentity
+
+from .store_files import StoreFiles, StoreWriteError
+from .tls import BlockListener, BlockStream, create_tls_listener, server_ssl_context
+
+log = logging.getLogger("smp.server")
+
+SMP_HANDSHAKE_TIMEOUT = 120.0  # smp.md §2.1
+MAX_SEND_BACKLOG = 32 * 1024 * 1024
+JOURNAL_COMPACT_SIZE = 256 * 1024 * 1024  # rewrite the journal when it grows past this
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
+
+
+class _Peer:
+    __slots__ = ("conn_id", "stream", "rc", "buf", "size", "wake", "closing")
+
+    def __init__(self, conn_id: int, stream: BlockStream, rc: RouterConnection) -> None:
+        self.conn_id = conn_id
+        self.stream = stream
+        self.rc = rc
+        self.buf: deque[bytes] = deque()
+        self.size = 0
+        self.wake = anyio.Event()
+        self.closing = False
+
+
+class RouterRuntime:
+    """Runs one :class:`Router` over any number of :class:`~transports.tls.BlockStream` s."""
+
+    def __init__(
+        self,
+        router: Router,
+        identity: RouterIdentity,
+        store: StoreFiles | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.router = router
+        self.identity = identity
+        self.hello_identity = RouterHelloIdentity(identity)
+        self.store = store
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.peers: dict[int, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._store_wake = anyio.Event()
+        self._timer_wake = anyio.Event()
+        self._timer_target: float | None = None
+        self._stop = anyio.Event()
+        self._accept_scope: anyio.CancelScope | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.store_failures = 0
+        self.connections_total = 0
+
+    # ------------------------------------------------------------ plumbing
+
+    def _after_change(self) -> None:
+        """Hand new router output to the sender tasks and wake the store/timer tasks."""
+        if self.router.has_pending_store_writes:
+            self._store_wake.set()
+        for cid in self.router.dirty_connections():
+            peer = self.peers.get(cid)
+            if peer is None:
+                continue
+            data = peer.rc.data_to_send()
+            if data:
+                peer.buf.append(data)
+                peer.size += len(data)
+                peer.wake.set()
+                if peer.size > MAX_SEND_BACKLOG and not peer.closing:
+                    log.warning("connection %d: send backlog over %d bytes, closing", cid, MAX_SEND_BACKLOG)
+                    peer.closing = True
+        t = self.router.next_timer()
+        if t is not None and (self._timer_target is None or t < self._timer_target):
+            self._timer_wake.set()
+
+    # ------------------------------------------------------------ connections
+
+    async def serve_stream(self, stream: BlockStream) -> None:
+        """Serve one connection until it closes (TLS already established, or a memory pipe)."""
+        if stream.tls_unique is None:
+            log.debug("connection without a session id (tls-unique); closing")
+            return
+        cid = next(self._ids)
+        self.connections_total += 1
+        rc = RouterConnection(
+            session_id=stream.tls_unique,
+            key_hash=self.identity.key_hash,
+            identity=self.hello_identity,
+            random_bytes=self.random_bytes,
+            alpn=stream.alpn,
+        )
+        peer = _Peer(cid, stream, rc)
+        self.peers[cid] = peer
+        self.router.connect(cid, rc)
+        log.debug("connection %d opened (%d open)", cid, len(self.peers))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._sender, peer)
+                try:
+                    await self._receiver(peer)
+                finally:
+                    # give queued responses a moment to go out, then stop the sender
+                    with anyio.move_on_after(1.0, shield=True):
+                        while peer.buf and not peer.closing:
+                            await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()
+        finally:
+            self.router.disconnect(cid)
+            self.peers.pop(cid, None)
+            self._after_change()
+            log.debug("connection %d closed (%d open)", cid, len(self.peers))
+
+    async def _receiver(self, peer: _Peer) -> None:
+        rc = peer.rc
+        self._after_change()  # the router hello
+        while not peer.closing:
+            try:
+                if rc.state is ConnectionState.HANDSHAKE:
+                    with anyio.fail_after(SMP_HANDSHAKE_TIMEOUT):
+                        block = await peer.stream.receive_block()
+                else:
+                    block = await peer.stream.receive_block()
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError):
+                block = b""
+            except Exception as e:  # TLS errors surface as various exceptions
+                log.debug("connection %d: read failed: %r", peer.conn_id, e)
+                block = b""
+            events = rc.receive_data(block)
+            self.router.handle_events(peer.conn_id, events, self.clock())
+            self._after_change()
+            if not block or rc.state in (ConnectionState.CLOSED, ConnectionState.ERROR):
+                if rc.state is ConnectionState.ERROR:
+                    log.info("connection %d: transport error, closing", peer.conn_id)
+                return
+
+    async def _sender(self, peer: _Peer) -> None:
+        try:
+            while True:
+                await peer.wake.wait()
+                peer.wake = anyio.Event()
+                while peer.buf:
+                    data = b"".join(peer.buf)
+                    peer.buf.clear()
+                    peer.size = 0
+                    await peer.stream.send(data)
+                if peer.closing:
+                    await peer.stream.aclose()
+                    return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError) as e:
+            log.debug("connection %d: send failed: %r", peer.conn_id, e)
+            peer.closing = True
+            peer.buf.clear()
+
+    # ------------------------------------------------------------ timer and store
+
+    async def _timer_task(self) -> None:
+        while True:
+            now = self.clock()
+            t = self.router.next_timer()
+            if t is not None and t <= now:
+                self.router.handle_timer(now)
+                self._after_change()
+                continue
+            self._timer_target = t
+            delay = 60.0 if t is None else min(60.0, t - now)
+            with anyio.move_on_after(max(delay, 0.001)):
+                await self._timer_wake.wait()
+            self._timer_wake = anyio.Event()
+            self._timer_target = None
+
+    async def _store_task(self) -> None:
+        while True:
+            await self._store_wake.wait()
+            self._store_wake = anyio.Event()
+            await self._write_pending()
+            if self.store is not None and self.store.journal_size > JOURNAL_COMPACT_SIZE and self.router.store_idle:
+                await self._compact()
+
+    async def _write_pending(self) -> None:
+        while True:
+            w = self.router.pending_store_writes()
+            if not w:
+                return
+            if self.store is None:  # persistence on without files (tests): durable at once
+                self.router.store_written()
+            else:
+                try:
+                    await anyio.to_thread.run_sync(self.store.append, list(w.queue_log), list(w.journal))
+                except StoreWriteError as e:
+                    self.store_failures += 1
+                    if self.store_failures == 1 or self.store_failures % 1000 == 0:
+                        log.error("store write failed (%d so far): %s", self.store_failures, e.strerror or e)
+                    self.router.store_written(str(e.strerror or "store write failed"))
+                else:
+                    self.router.store_written()
+            self._after_change()
+
+    async def _compact(self) -> None:
+        assert self.store is not None
+        store_snapshot = self.router.store
+        records = store_snapshot.compacted_records()
+        compact_store = QueueStore()
+        for r in records:
+            compact_store.apply(r)
+        messages = self.router.all_messages()
+        log.info("compacting the message journal")
+        await anyio.to_thread.run_sync(self.store.compact, compact_store, messages)
+
+    async def _signal_task(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                self.stop()
+                return
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Begin a graceful stop (idempotent)."""
+        self._stop.set()
+
+    async def run(
+        self,
+        listeners: Sequence[BlockListener] = (),
+        *,
+        handle_signals: bool = False,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``listeners`` (and any :meth:`serve_stream` calls) until :meth:`stop`."""
+        self.router.start(self.clock())
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._timer_task)
+            tg.start_soon(self._store_task)
+            if handle_signals:
+                tg.start_soon(self._signal_task)
+            accept_scope = anyio.CancelScope()
+            self._accept_scope = accept_scope
+            accept_done = anyio.Event()
+
+            async def accept() -> None:
+                try:
+                    with accept_scope:
+                        async with anyio.create_task_group() as atg:
+                            for lst in listeners:
+                                atg.start_soon(lst.serve, self.serve_stream, tg)
+                except* anyio.ClosedResourceError:
+                    pass
+                finally:
+                    for lst in listeners:
+                        with anyio.CancelScope(shield=True):
+                            try:
+                                await lst.aclose()
+                            except Exception:  # pragma: no cover
+                                pass
+                    accept_done.set()
+
+            tg.start_soon(accept)
+            task_status.started()
+            await self._stop.wait()
+            accept_scope.cancel()  # stop accepting; open connections keep working
+            await accept_done.wait()
+            with anyio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT, shield=True):
+                # every record on disk, every released response handed to its sender
+                while not self.router.store_idle:
+                    self._store_wake.set()
+                    await anyio.sleep(0.01)
+                while any(p.buf for p in self.peers.values() if not p.closing):
+                    await anyio.sleep(0.01)
+            for peer in list(self.peers.values()):
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(peer.stream)  # type: ignore[arg-type]
+            tg.cancel_scope.cancel()
+        if self.store is not None:
+            self.store.close()
+        log.info("stopped")
+
+
+# ---------------------------------------------------------------- the program
+
+
+def router_config_from_settings(settings: Any) -> RouterConfig:
+    return RouterConfig(
+        allow_new_queues=settings.new_queues,
+        basic_auth=settings.create_password.encode() if settings.create_password else None,
+        queue_quota=settings.msg_queue_quota,
+        message_ttl=settings.message_ttl,
+        expire_interval=settings.expire_check_interval,
+        expire_on_send=settings.expire_on_send,
+        pending_end_interval=settings.pending_end_interval,
+        persistence=settings.store_log,
+    )
+
+
+def run_server(settings: Any, identity: RouterIdentity, log_level: str = "info") -> int:
+    """``smp-server start``: restore, listen on every configured port, serve until a signal."""
+    logging.basicConfig(
+        level={"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}[log_level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = router_config_from_settings(settings)
+    now = time.time()
+    store_files = None
+    store = None
+    messages = None
+    if settings.store_log:
+        store_files = StoreFiles(settings.store_path or settings.directory)
+        ttl = settings.message_ttl if settings.expire_on_start else None
+        restored = store_files.open(now, ttl, restore_messages_=settings.restore_messages)
+        store, messages = restored.store, restored.messages
+        log.info(
+            "store log %s: %d queues, %d messages restored, %d expired",
+            store_files.queue_log_path,
+            len(store.queues),
+            restored.stored_messages,
+            restored.expired_messages,
+        )
+    else:
+        log.info("store log disabled: queues and messages are kept in memory only")
+    router = Router(config, secrets.token_bytes, store=store, messages=messages)
+    runtime = RouterRuntime(router, identity, store_files)
+    ctx = server_ssl_context(identity.chain_pem(), identity.server_key_pem())
+
+    async def main() -> None:
+        listeners = []
+        for port in settings.ports:
+            lst = await create_tls_listener(settings.listen, port, ctx)
+            listeners.append(lst)
+            log.info("serving SMP protocol on port %d (TLS)", lst.port)
+        ports = ",".join(str(lst.port) for lst in listeners)
+        print(f"smp-server: listening on port {ports}; fingerprint {identity.fingerprint}", flush=True)
+        await runtime.run(listeners, handle_signals=True)
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # pragma: no cover - signals are handled inside
+        pass
+    return 0
