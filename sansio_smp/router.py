@@ -182,7 +182,6 @@ from .transmission import (
     parse_batch,
     parse_transmission,
 )
-from .x509 import RouterIdentity, sign_session_key
 
 RandomBytes = Callable[[int], bytes]
 ConnId = Hashable
@@ -202,19 +201,6 @@ DUMMY_KEYS = {
     KeyAlgorithm.X25519: PublicKey.from_spki(b64_decode("MCowBQYDK2VuAyEA4JGSMYht18H4mas/jHeBwfcM7jLwNYJNOAhi2/g4RXg=")),
 }
 _AUTH_KIND = {64: KeyAlgorithm.ED25519, 114: KeyAlgorithm.ED448, 80: KeyAlgorithm.X25519}
-
-
-class RouterHelloIdentity:
-    """Adapts an :class:`~sansio_smp.x509.RouterIdentity` to what
-    :class:`~sansio_smp.connection.RouterConnection` needs for its hello (smp.md §3.2): the TLS
-    chain ``[server.crt, ca.crt]`` and the session key signed by the online key."""
-
-    def __init__(self, identity: "RouterIdentity") -> None:
-        self.chain = tuple(identity.chain_der)
-        self._key = identity.server_key
-
-    def sign_session_key(self, key: PublicKey) -> bytes:
-        return sign_session_key(self._key, key)
 
 
 def default_verifier(conn: RouterConnection, t: Transmission, key: PublicKey) -> bool:

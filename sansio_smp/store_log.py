@@ -29,7 +29,6 @@ Pure codec and state, no I/O (the driver is :mod:`transports.store_files`).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from typing import Iterable, Union

@@ -26,7 +26,7 @@ from sansio_smp.protocol import (
     parse_response,
 )
 from sansio_smp.addresses import QueueMode
-from sansio_smp.router import Router, RouterConfig, RouterHelloIdentity
+from sansio_smp.router import Router, RouterConfig
 from sansio_smp.store_log import (
     compacted_journal,
     encode_journal_record,
@@ -165,7 +165,7 @@ class Harness:
         rc = RouterConnection(
             session_id=session_id,
             key_hash=self.identity.key_hash,
-            identity=RouterHelloIdentity(self.identity),
+            identity=self.identity,
             random_bytes=self.rand,
             alpn=alpn,
         )

@@ -42,7 +42,6 @@ from sansio_smp.protocol import (
     LKey,
     Lnk,
     LSet,
-    Msg,
     NDel,
     NewNtfCreds,
     Nid,
@@ -66,7 +65,7 @@ from sansio_smp.protocol import (
     encode_command,
     max_message_length,
 )
-from sansio_smp.router import DUMMY_KEYS, Router, RouterConfig, default_verifier
+from sansio_smp.router import DUMMY_KEYS, RouterConfig, default_verifier
 from sansio_smp.store_log import BlockQueue, encode_record, restore_messages, restore_queue_store
 from sansio_smp.transmission import authorized_bytes, encode_transmission
 
@@ -1146,7 +1145,6 @@ def test_forwarded_send_matches_vector(case_id):
     from sansio_smp.crypto import cb_decrypt, cb_encrypt, cb_nonce, reverse_nonce
     from sansio_smp.encoding import Reader, sb, w16
     from sansio_smp.protocol import RRes
-    from sansio_smp.router import RouterHelloIdentity
     from sansio_smp.store_log import CreateQueue, QueueRec
     from sansio_smp.x509 import verify_session_key
 
@@ -1165,7 +1163,7 @@ def test_forwarded_send_matches_vector(case_id):
     rc = RouterConnection(
         session_id=session_id,
         key_hash=identity.key_hash,
-        identity=RouterHelloIdentity(identity),
+        identity=identity,
         random_bytes=lambda n: draws.pop() if draws else h.rand(n),
     )
     assert rc.session_key.public().raw.hex() == inp["relay_session_key_pub"]
@@ -1178,7 +1176,7 @@ def test_forwarded_send_matches_vector(case_id):
         proxy_server=True,
     )
     h.router.connect(99, rc)
-    evs = cc.receive_data(rc.data_to_send())
+    cc.receive_data(rc.data_to_send())
     h.router.handle_events(99, rc.receive_data(cc.data_to_send()), h.now)
     assert cc.version == 18
     n = bytes.fromhex(inp["nonce"])

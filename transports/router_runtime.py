@@ -32,7 +32,7 @@ import anyio
 import anyio.abc
 
 from sansio_smp.connection import ConnectionState, RouterConnection
-from sansio_smp.router import Router, RouterConfig, RouterHelloIdentity
+from sansio_smp.router import Router, RouterConfig
 from sansio_smp.store_log import QueueStore
 from sansio_smp.x509 import RouterIdentity
 
@@ -74,7 +74,7 @@ class RouterRuntime:
     ) -> None:
         self.router = router
         self.identity = identity
-        self.hello_identity = RouterHelloIdentity(identity)
+        self.hello_identity = identity
         self.store = store
         self.clock = clock
         self.random_bytes = random_bytes
