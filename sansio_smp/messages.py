@@ -16,11 +16,10 @@ from typing import Any, Union
 
 import attrs
 
-from .crypto import KeyAlgorithm, PublicKey, cb_decrypt, cb_encrypt, cb_nonce
+from .crypto import AUTH_KEY_ALGORITHMS, KeyAlgorithm, PublicKey, cb_decrypt, cb_encrypt, cb_nonce
 from .encoding import Reader, i64, mb, sb, w16
 from .errors import LocalProtocolError, ParseError
 from .protocol import (
-    AUTH_KEY_ALGORITHMS,
     E2E_ENC_CONFIRMATION_LENGTH,
     E2E_ENC_MESSAGE_LENGTH,
     MAX_MESSAGE_LEN,

@@ -28,7 +28,7 @@ from typing import Any, Callable, ClassVar, Union
 import attrs
 
 from .addresses import ProtocolServer, QueueMode, is_valid_basic_auth
-from .crypto import KeyAlgorithm, PublicKey
+from .crypto import AUTH_KEY_ALGORITHMS, KeyAlgorithm, PublicKey, parse_auth_key, parse_dh_key
 from .encoding import Reader, VersionRange, i64, lg, mb, ne, sb, w16
 from .errors import LocalProtocolError, ParseError
 from .x509 import CertChainPubKey
@@ -194,7 +194,6 @@ def _instance(cls: type | tuple[type, ...]) -> Callable[[Any, Any, Any], None]:
     return check
 
 
-AUTH_KEY_ALGORITHMS = frozenset({KeyAlgorithm.ED25519, KeyAlgorithm.ED448, KeyAlgorithm.X25519})
 
 
 def _auth_key(_inst: Any, attr: Any, key: Any) -> None:
@@ -248,20 +247,6 @@ def _latin1_text(max_len: int | None) -> Callable[[Any, Any, Any], None]:
             raise LocalProtocolError(f"{attr.name} longer than {max_len}")
 
     return check
-
-
-def _parse_auth_key(r: Reader) -> PublicKey:
-    key = PublicKey.parse(r)
-    if key.alg not in AUTH_KEY_ALGORITHMS:
-        raise ParseError("not an authorization key algorithm")
-    return key
-
-
-def _parse_dh_key(r: Reader) -> PublicKey:
-    key = PublicKey.parse(r)
-    if key.alg is not KeyAlgorithm.X25519:
-        raise ParseError("expected an X25519 key")
-    return key
 
 
 def _word(r: Reader) -> bytes:
@@ -909,7 +894,7 @@ class NewNtfCreds:
 
     @staticmethod
     def parse(r: Reader) -> "NewNtfCreds":
-        return NewNtfCreds(_parse_auth_key(r), _parse_dh_key(r))
+        return NewNtfCreds(parse_auth_key(r), parse_dh_key(r))
 
 
 @attrs.frozen
@@ -924,7 +909,7 @@ class ServerNtfCreds:
 
     @staticmethod
     def parse(r: Reader) -> "ServerNtfCreds":
-        return ServerNtfCreds(r.sb(), _parse_dh_key(r))
+        return ServerNtfCreds(r.sb(), parse_dh_key(r))
 
 
 # ---------------------------------------------------------------- commands (smp.md §4.4)
@@ -979,8 +964,8 @@ class New(Command):
     @staticmethod
     def _parse(r: Reader, version: int) -> "New":
         r.space()
-        rcv_auth_key = _parse_auth_key(r)
-        rcv_dh_key = _parse_dh_key(r)
+        rcv_auth_key = parse_auth_key(r)
+        rcv_dh_key = parse_dh_key(r)
         req: QueueReqData | None = None
         ntf: NewNtfCreds | None = None
         if version >= SND_AUTH_KEY_SMP_VERSION:
@@ -1282,7 +1267,7 @@ class RFwd(Command):
 def _key_cmd(cls: type) -> Callable[[Reader, int], Command]:
     def parse(r: Reader, version: int) -> Command:
         r.space()
-        return cls(_parse_auth_key(r))
+        return cls(parse_auth_key(r))
 
     return parse
 
@@ -1293,7 +1278,7 @@ def _no_params(cls: type) -> Callable[[Reader, int], Any]:
 
 def _parse_rkey(r: Reader, version: int) -> RKey:
     r.space()
-    return RKey(tuple(r.ne(_parse_auth_key)))
+    return RKey(tuple(r.ne(parse_auth_key)))
 
 
 def _parse_lset(r: Reader, version: int) -> LSet:
@@ -1303,7 +1288,7 @@ def _parse_lset(r: Reader, version: int) -> LSet:
 
 def _parse_nkey(r: Reader, version: int) -> NKey:
     r.space()
-    return NKey(_parse_auth_key(r), _parse_dh_key(r))
+    return NKey(parse_auth_key(r), parse_dh_key(r))
 
 
 def _parse_ack(r: Reader, version: int) -> Ack:
@@ -1320,7 +1305,7 @@ def _parse_prxy(r: Reader, version: int) -> Prxy:
 def _parse_pfwd(r: Reader, version: int) -> PFwd:
     r.space()
     v = r.w16()
-    key = _parse_dh_key(r)
+    key = parse_dh_key(r)
     return PFwd(v, key, r.tail())
 
 
@@ -1478,7 +1463,7 @@ class Ids(Response):
     def _parse(r: Reader, version: int) -> "Ids":
         r.space()
         rcv_id, snd_id = r.sb(), r.sb()
-        key = _parse_dh_key(r)
+        key = parse_dh_key(r)
         mode = link_id = service_id = ntf = None
         if version >= SHORT_LINKS_SMP_VERSION:
             mode = r.maybe(_queue_mode_p)
@@ -1711,7 +1696,7 @@ def _parse_msg(r: Reader, version: int) -> Msg:
 
 def _parse_nid(r: Reader, version: int) -> Nid:
     r.space()
-    return Nid(r.sb(), _parse_dh_key(r))
+    return Nid(r.sb(), parse_dh_key(r))
 
 
 def _parse_nmsg(r: Reader, version: int) -> NMsg:

@@ -36,12 +36,11 @@ from typing import Iterable, Union
 import attrs
 
 from .addresses import QueueMode
-from .crypto import KeyAlgorithm, PublicKey
+from .crypto import AUTH_KEY_ALGORITHMS, PublicKey
 from .encoding import b64url_decode
 from .errors import ParseError
 from .protocol import BlockingInfo, BlockingReason, ClientNotice
 
-AUTH_KEY_ALGORITHMS = (KeyAlgorithm.ED25519, KeyAlgorithm.ED448, KeyAlgorithm.X25519)
 SERVICE_ROLES = ("M", "N", "P")
 DAY = 86400
 
@@ -303,11 +302,12 @@ def encode_record(r: StoreLogRecord) -> str:
 
 _B64_TOKEN = re.compile(r"[A-Za-z0-9_-]*=*")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
-# the common CREATE line (no link, notifier, status or service), parsed in one regex match
+# the common CREATE line (no link, status or service; a notifier without nsrv), parsed in one regex match
 _B64_RE = r"[A-Za-z0-9_-]+=*"
 _FAST_CREATE = re.compile(
     rf"CREATE rid=({_B64_RE}) rk=({_B64_RE}(?:,{_B64_RE})*) rdh=({_B64_RE}) sid=({_B64_RE}) "
-    rf"sk=((?:{_B64_RE})?)(?: queue_mode=([MC]))?(?: updated_at=([0-9]+))?\Z"
+    rf"sk=((?:{_B64_RE})?)(?: queue_mode=([MC]))?(?: notifier=({_B64_RE}) ({_B64_RE}) ({_B64_RE}))?"
+    rf"(?: updated_at=([0-9]+))?\Z"
 )
 _TILL = {stops: re.compile("[^" + re.escape(stops) + "]*") for stops in (" ", ", \n", " ,\n", ", ")}
 
@@ -509,16 +509,23 @@ def parse_record(line: str | bytes) -> StoreLogRecord:
 
 
 def _fast_create(m: "re.Match[str]") -> CreateQueue:
-    rid, rk, rdh, sid, sk, mode, updated = m.groups()
+    rid, rk, rdh, sid, sk, mode, nid, nkey, nsecret, updated = m.groups()
     secret = _b64d(rdh)
     if len(secret) != 32:
         raise ParseError("DH secret must be 32 bytes")
+    notifier = None
+    if nid is not None:  # `` notifier=<nid> <key> <secret>`` without ``nsrv=`` (as _p_ntf)
+        ntf_secret = _b64d(nsecret)
+        if len(ntf_secret) != 32:
+            raise ParseError("DH secret must be 32 bytes")
+        notifier = NtfCreds(_b64d(nid), _parse_key_text(nkey), ntf_secret)
     rec = QueueRec(
         tuple(_parse_key_text(k) for k in rk.split(",")),
         secret,
         _b64d(sid),
         _parse_key_text(sk) if sk else None,
         QueueMode(mode.encode("ascii")) if mode else None,
+        notifier=notifier,
         updated_at=int(updated) if updated is not None else None,
     )
     return CreateQueue(_b64d(rid), rec)

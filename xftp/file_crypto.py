@@ -239,7 +239,9 @@ class ChunkDigester:
         self._index = 0
         self._left = self.chunk_sizes[0] if self.chunk_sizes else 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes) -> list[int]:
+        """Absorb the next bytes; returns the indices of the chunks this completed."""
+        done: list[int] = []
         self._file.update(data)
         view = memoryview(data)
         while len(view):
@@ -251,10 +253,12 @@ class ChunkDigester:
             self._left -= n
             if self._left == 0:
                 self.chunk_digests.append(self._chunk.digest())
+                done.append(self._index)
                 self._chunk = hashlib.sha256()
                 self._index += 1
                 if self._index < len(self.chunk_sizes):
                     self._left = self.chunk_sizes[self._index]
+        return done
 
     @property
     def complete(self) -> bool:
