@@ -191,3 +191,39 @@ def test_connection_refused() -> None:
                 pass  # pragma: no cover
 
     run(main)
+
+
+def test_bad_input_is_logged_once_without_ids(caplog: pytest.LogCaptureFixture) -> None:
+    """A foreign key hash in the client hello closes the connection with HANDSHAKE IDENTITY, a
+    malformed block is answered ERR BLOCK; each is logged once, by error code only."""
+    from sansio_smp.handshake import ClientHello
+    from sansio_smp.transmission import pad_block
+    from transports.tls import connect_tls
+
+    async def main() -> None:
+        async with running_router() as (addr, _):
+            port = int(addr.port)
+            stream = await connect_tls("127.0.0.1", port, IDENTITY.key_hash)
+            await stream.receive_block()  # router hello
+            await stream.send(pad_block(ClientHello(18, b"\x01" * 32).encode()))
+            with pytest.raises((anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError)):
+                with anyio.fail_after(5):
+                    await stream.receive_block()
+            await stream.aclose()
+            stream = await connect_tls("127.0.0.1", port, IDENTITY.key_hash)
+            await stream.receive_block()
+            await stream.send(pad_block(ClientHello(18, IDENTITY.key_hash).encode()))  # no key: no block encryption
+            await stream.send(pad_block(b"\x02\x00\x05hello"))  # batch of 2 with one truncated item
+            with anyio.fail_after(5):
+                reply = await stream.receive_block()
+            assert b"ERR BLOCK" in reply
+            await stream.aclose()
+
+    with caplog.at_level("INFO", logger="smp"):
+        run(main)
+    closed = [r.getMessage() for r in caplog.records if "closed on transport error" in r.getMessage()]
+    bad = [r.getMessage() for r in caplog.records if "bad transmission" in r.getMessage()]
+    assert len(closed) == 1 and "HANDSHAKE IDENTITY" in closed[0]
+    assert bad == [bad[0]] and "ERR BLOCK" in bad[0]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert IDENTITY.key_hash.hex() not in text and "127.0.0.1" not in text

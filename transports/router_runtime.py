@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import anyio
 import anyio.abc
 
-from sansio_smp.connection import ConnectionState, RouterConnection
+from sansio_smp.connection import ConnectionClosed, ConnectionState, RouterConnection, TransmissionError
 from sansio_smp.router import Router, RouterConfig
 from sansio_smp.store_log import QueueStore
 from sansio_smp.x509 import RouterIdentity
@@ -164,12 +164,20 @@ class RouterRuntime:
                 log.debug("connection %d: read failed: %r", peer.conn_id, e)
                 block = b""
             events = rc.receive_data(block)
+            self._log_bad_input(peer.conn_id, events, rc.state)
             self.router.handle_events(peer.conn_id, events, self.clock())
             self._after_change()
             if not block or rc.state in (ConnectionState.CLOSED, ConnectionState.ERROR):
-                if rc.state is ConnectionState.ERROR:
-                    log.info("connection %d: transport error, closing", peer.conn_id)
                 return
+
+    @staticmethod
+    def _log_bad_input(cid: int, events: list, state: ConnectionState) -> None:
+        """Log each piece of bad input once, by its protocol error only (no ids, keys or data)."""
+        for ev in events:
+            if isinstance(ev, TransmissionError):
+                log.info("connection %d: bad transmission, answered ERR %s", cid, ev.code)
+            elif isinstance(ev, ConnectionClosed) and state is ConnectionState.ERROR:
+                log.info("connection %d: closed on transport error: %s", cid, ev.reason)
 
     async def _sender(self, peer: _Peer) -> None:
         try:
