@@ -45,27 +45,27 @@ import shutil
 import signal
 import socket
 import ssl
-import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import anyio  # noqa: E402
+import anyio
 
-from sansio_smp import client as c  # noqa: E402
-from sansio_smp.addresses import ProtocolServer, QueueMode  # noqa: E402
-from sansio_smp.connection import ClientConnection, HandshakeComplete, RouterConnection, TransmissionReceived  # noqa: E402
-from sansio_smp.crypto import KeyAlgorithm, PrivateKey, PublicKey, cb_encrypt, cb_nonce  # noqa: E402
-from sansio_smp.messages import RcvMsgBody, encode_rcv_msg_body  # noqa: E402
-from sansio_smp.protocol import (  # noqa: E402
+from sansio_smp import client as c
+from sansio_smp.addresses import ProtocolServer, QueueMode
+from sansio_smp.connection import ClientConnection, HandshakeComplete, RouterConnection, TransmissionReceived
+from sansio_smp.crypto import KeyAlgorithm, PrivateKey, PublicKey, cb_encrypt, cb_nonce
+from sansio_smp.messages import RcvMsgBody, encode_rcv_msg_body
+from sansio_smp.protocol import (
     RCV_MSG_PADDED_LENGTH,
     Ack,
     New,
@@ -77,13 +77,13 @@ from sansio_smp.protocol import (  # noqa: E402
     encode_command,
     parse_response,
 )
-from sansio_smp.router import Router, RouterConfig  # noqa: E402
-from sansio_smp.store_log import CreateQueue, NtfCreds, QueueRec, encode_record, restore_queue_store  # noqa: E402
-from sansio_smp.transmission import SMP_BLOCK_SIZE, BlockCipher, authorized_bytes  # noqa: E402
-from sansio_smp.x509 import generate_router_identity, verify_session_key  # noqa: E402
-from transports.client_runtime import connect_session  # noqa: E402
-from transports.store_files import QUEUE_LOG_NAME, StoreFiles  # noqa: E402
-from transports.tls import client_ssl_context, connect_tls, server_ssl_context  # noqa: E402
+from sansio_smp.router import Router, RouterConfig
+from sansio_smp.store_log import CreateQueue, NtfCreds, QueueRec, encode_record, restore_queue_store
+from sansio_smp.transmission import SMP_BLOCK_SIZE, BlockCipher, authorized_bytes
+from sansio_smp.x509 import generate_router_identity, verify_session_key
+from transports.client_runtime import connect_session
+from transports.store_files import QUEUE_LOG_NAME, StoreFiles
+from transports.tls import client_ssl_context, connect_tls, server_ssl_context
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DAY = 86400
@@ -141,7 +141,7 @@ class RouterProcess:
         out = subprocess.run(init, check=True, capture_output=True, text=True, env=env, cwd=str(ROOT))
         self.address = out.stdout.strip().splitlines()[-1]
         self.log_path = os.path.join(self.dir, "router-stderr.log")
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - held until stop()
         self.proc = subprocess.Popen(
             cli + ["start", "--dir", self.dir, "--log-level", "warn"],
             stdout=subprocess.PIPE,
@@ -265,7 +265,7 @@ def crypto_floor(n: int) -> dict[str, Any]:
 
     identity = generate_router_identity("127.0.0.1", rb, time.time() - 3600)
     sctx = server_ssl_context(identity.chain_pem(), identity.server_key_pem())
-    srv, s_in, s_out, cli, c_in, c_out = _tls_pair(sctx, client_ssl_context())
+    srv, s_in, s_out, cli, _c_in, c_out = _tls_pair(sctx, client_ssl_context())
     block = rb(SMP_BLOCK_SIZE)
 
     def tls_enc(_i: int) -> None:
@@ -535,7 +535,6 @@ def _child_queue_memory(n: int) -> dict[str, Any]:
     batch = 500
     t = time.perf_counter()
     made = 1
-    rids: list[tuple[bytes, PrivateKey]] = []
     while made < n:
         k = min(batch, n - made)
         ts = []
@@ -557,7 +556,6 @@ def _child_queue_memory(n: int) -> dict[str, Any]:
     # subscribe every queue (SUB from the same connection): the cost of a subscription
     key_of = {k.public().raw: k for k, _ in pool}
     subs = [(rid, key_of[q.recipient_keys[0].raw]) for rid, q in router.store.queues.items()]
-    del rids
     for i in range(0, len(subs), batch):
         chunk = subs[i : i + batch]
         feed([cc.authorize(rb(24), rid, encode_command(Sub(), v), key) for rid, key in chunk])
@@ -587,12 +585,11 @@ def write_store_log(path: str, n: int, notifier_share: float = 0.3) -> int:
     """``n`` CREATE lines like a compacted log of a busy router; returns the file size."""
     rb = os.urandom
     day = int(time.time()) // DAY * DAY
-    every = round(1 / notifier_share) if notifier_share else 0
     with open(path, "w", encoding="ascii") as f:
         lines = []
         for i in range(n):
             notifier = None
-            if every and i % every == 0:
+            if i % 10 < round(10 * notifier_share):
                 notifier = NtfCreds(rb(24), PublicKey(KeyAlgorithm.ED25519, rb(32)), rb(32))
             rec = QueueRec(
                 (PublicKey(KeyAlgorithm.ED25519, rb(32)),), rb(32), rb(24), PublicKey(KeyAlgorithm.ED25519, rb(32)),
@@ -621,17 +618,23 @@ def _child_restore(n: int) -> dict[str, Any]:
         files.close()
         assert len(restored.store.queues) == n and not restored.warnings, (len(restored.store.queues), restored.warnings[:3])
         rss1 = proc_rss_kb()
-        # the parts: parse+apply alone (in memory), then compaction alone
+        del restored
+        # the parts, as open() runs them (cyclic GC paused): parse+apply, then compaction
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")[:-1]
-        t2 = time.perf_counter()
-        store, _ = restore_queue_store(lines)
-        t3 = time.perf_counter()
-        del lines
-        files2 = StoreFiles(d)
-        t4 = time.perf_counter()
-        files2.compact(store, {})
-        t5 = time.perf_counter()
+        gc.collect()
+        gc.disable()
+        try:
+            t2 = time.perf_counter()
+            store, _ = restore_queue_store(lines)
+            t3 = time.perf_counter()
+            del lines
+            files2 = StoreFiles(d)
+            t4 = time.perf_counter()
+            files2.compact(store, {})
+            t5 = time.perf_counter()
+        finally:
+            gc.enable()
         files2.close()
         return {
             "queues": n,
