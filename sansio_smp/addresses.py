@@ -2,8 +2,11 @@
 
 Binary forms (``Encoding``) and text forms (``StrEncoding``) of:
 
-* :class:`ProtocolServer` — ``smp://<keyHash>[:<basicAuth>]@<host1>[,<host2>…][:<port>]``; binary
-  ``ne(sb(host)) ‖ sb(port) ‖ sb(keyHash)`` (the ``SMPServer`` inside ``PRXY``);
+* :class:`ProtocolServer` — ``<smp|xftp|ntf>://<keyHash>[:<basicAuth>]@<host1>[,<host2>…][:<port>]``;
+  binary ``ne(sb(host)) ‖ sb(port) ‖ sb(keyHash)`` (the ``SMPServer`` inside ``PRXY``). One model for
+  SMP, XFTP (xftp-ntf.md §1.12) and NTF servers: per-scheme default port (:data:`DEFAULT_PORTS`),
+  Haskell's derived ``Ord`` (:meth:`ProtocolServer.sort_key`, :func:`host_sort_key`), ``;``-lists
+  (:func:`parse_servers_with_auth`), IPv6 bracketing (:func:`bracketed_host`);
 * :class:`SMPQueueInfo` (one client version) and :class:`SMPQueueUri` (a client version range) with
   their :class:`SMPQueueAddress`; the ``smp://…/<senderId>#/?v=…&dh=…`` queue URI;
 * :class:`ConnShortLink` — ``simplex:/<t>#[<linkId>/]<linkKey>[?h=…&p=…&c=…]`` and ``https://<host>/…``.
@@ -38,6 +41,12 @@ from .errors import LocalProtocolError, ParseError
 
 __all__ = [
     "DEFAULT_SMP_PORT",
+    "DEFAULT_PORTS",
+    "HostKind",
+    "host_kind",
+    "host_sort_key",
+    "bracketed_host",
+    "parse_servers_with_auth",
     "QueueMode",
     "ProtocolServer",
     "SMPServer",
@@ -55,6 +64,11 @@ __all__ = [
 ]
 
 DEFAULT_SMP_PORT = "5223"  # smp.md §2.3 (``defaultSMPPort``)
+# The port a client connects to when an address has none: ``defaultSMPPort`` for SMP, the
+# ``defaultTransport`` ``"443"`` of the XFTP and NTF client configs (xftp-ntf.md §1.12).
+DEFAULT_PORTS: dict[str, str] = {"smp": DEFAULT_SMP_PORT, "ntf": "443", "xftp": "443"}
+# Haskell's derived ``Ord ProtocolType``/``SProtocolType``: constructor order PSMP < PNTF < PXFTP.
+_SCHEME_ORDER = {"smp": 0, "ntf": 1, "xftp": 2}
 
 # SMP client (queue address) versions, agent-crypto.md §1.3
 INITIAL_SMP_CLIENT_VERSION = 1
@@ -96,6 +110,14 @@ def _unlatin1(text: str, what: str) -> bytes:
         return text.encode("latin-1")
     except UnicodeEncodeError as e:
         raise LocalProtocolError(f"{what}: characters beyond one byte") from e
+
+
+def _unlatin1_parse(text: str) -> bytes:
+    """A Latin-1-view ``str`` back to its bytes; :class:`ParseError` if it is not one."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError as e:
+        raise ParseError("characters beyond one byte") from e
 
 
 def _take_while(r: Reader, pred: Callable[[int], bool]) -> bytes:
@@ -214,17 +236,41 @@ def _domain_p(r: Reader) -> str:
     return _latin1(name)
 
 
-def _host_p(r: Reader) -> str:
+class HostKind(enum.IntEnum):
+    """``TransportHost``'s constructors, valued in their declaration order (which the derived ``Ord`` uses)."""
+
+    IPV4 = 0  # THIPv4
+    IPV6 = 1  # THIPv6
+    ONION = 2  # THOnionHost
+    DOMAIN = 3  # THDomainName
+
+
+_HOST_ALTERNATIVES = (
+    (HostKind.IPV4, _ipv4_p),
+    (HostKind.IPV6, _ipv6_p),
+    (HostKind.ONION, _onion_p),
+    (HostKind.DOMAIN, _domain_p),
+)
+
+
+def _host_kind_p(r: Reader) -> tuple[HostKind, str]:
     """``TransportHost`` ``strP``: the first alternative that succeeds wins (no backtracking after)."""
     start = r.pos
-    for alt in (_ipv4_p, _ipv6_p, _onion_p, _domain_p):
+    for kind, alt in _HOST_ALTERNATIVES:
         r.pos = start
         try:
-            return alt(r)
+            host = alt(r)
         except ParseError:
             continue
+        if len(host) > 255:  # a short string on the wire (``smpEncode``); no limit in ``strP``
+            raise ParseError("host longer than 255 bytes")
+        return kind, host
     r.pos = start
     raise ParseError("bad transport host")
+
+
+def _host_p(r: Reader) -> str:
+    return _host_kind_p(r)[1]
 
 
 def _hosts1_p(r: Reader) -> list[str]:
@@ -257,6 +303,34 @@ def parse_host(text: str | bytes) -> str:
     host = _host_p(r)
     r.end()
     return host
+
+
+def host_kind(host: str) -> HostKind:
+    """Which ``TransportHost`` constructor a canonical host (one-char-per-byte ``str``, as kept in
+    :class:`ProtocolServer`) parses to; :class:`ParseError` if none."""
+    r = Reader(_unlatin1_parse(host))
+    kind, _ = _host_kind_p(r)
+    r.end()
+    return kind
+
+
+def host_sort_key(host: str) -> tuple[int, object]:
+    """The derived ``Ord TransportHost`` as a Python key: constructor first, then IPv4 octets,
+    the 128-bit IPv6 value, or the onion/domain bytes (Char8 ``String`` order = byte order).
+
+    ``host`` is a canonical host (as kept in :class:`ProtocolServer`)."""
+    kind = host_kind(host)
+    if kind is HostKind.IPV4:
+        return kind, tuple(int(x) for x in host.split("."))
+    if kind is HostKind.IPV6:
+        return kind, int(ipaddress.IPv6Address(host))
+    return kind, _unlatin1_parse(host)
+
+
+def bracketed_host(host: str) -> str:
+    """``host`` with an IPv6 address in brackets (``[::1]``), as a URL authority or an address
+    followed by ``:<port>`` needs it; other hosts unchanged. The reference's ``strP`` reads both forms."""
+    return f"[{host}]" if host_kind(host) is HostKind.IPV6 else host
 
 
 def _check_host(host: str) -> None:
@@ -401,23 +475,57 @@ class ProtocolServer:
         port = _latin1(r.sb())
         return with_extra_hosts(ProtocolServer((host,), port, r.sb()))
 
+    @staticmethod
+    def for_host(
+        host: str | bytes, port: int | str | None = None, key_hash: bytes = b"", scheme: str = "smp"
+    ) -> "ProtocolServer":
+        """A one-host server from host text in any form ``strP`` reads (``[::1]``, ``010.0.0.1``…),
+        kept canonical; ``port`` ``None``/``""`` for the default. :class:`ParseError` for a bad host."""
+        port_text = "" if port is None or port == "" else str(int(port))
+        return ProtocolServer((parse_host(host),), port_text, key_hash, scheme)
+
+    # -- connecting
+    @property
+    def default_port(self) -> str:
+        """The port used when the address has none: 5223 for ``smp``, 443 for ``xftp``/``ntf``."""
+        return DEFAULT_PORTS[self.scheme]
+
+    @property
+    def port_number(self) -> int:
+        """The TCP port to connect to (the address's port, else :attr:`default_port`)."""
+        text = self.port or self.default_port
+        if not text.isascii() or not text.isdigit() or not 0 <= int(text) <= 0xFFFF:
+            raise LocalProtocolError(f"not a TCP port: {text!r}")
+        return int(text)
+
+    def sort_key(self) -> tuple[int, tuple[tuple[int, object], ...], str, bytes]:
+        """Haskell's derived ``Ord (ProtocolServer p)``: scheme, hosts (list order), port text, key
+        hash — e.g. the order of replica groups in XFTP file descriptions (xftp-ntf.md §1.11)."""
+        return (_SCHEME_ORDER[self.scheme], tuple(host_sort_key(h) for h in self.hosts), self.port, self.key_hash)
+
     # -- text
     def to_str(self, basic_auth: bytes | None = None, *, legacy: bool = False) -> str:
-        """``strEncodeServer``: ``<scheme>://<b64url keyHash>[:<auth>]@<hosts>[:<port>]``."""
+        """``strEncodeServer``: ``<scheme>://<b64url keyHash>[:<auth>]@<hosts>[:<port>]``.
+
+        One deviation: when a port follows, IPv6 hosts are written in brackets — the reference
+        writes them bare, and its own parser then reads ``::1:5223`` as one address."""
         _check_basic_auth(basic_auth)
         hosts = self.hosts[:1] if legacy else self.hosts
         auth = "" if basic_auth is None else ":" + _latin1(basic_auth)
         port = f":{self.port}" if self.port else ""
+        if self.port:
+            hosts = tuple(bracketed_host(h) for h in hosts)
         return f"{self.scheme}://{b64url_encode(self.key_hash)}{auth}@{','.join(hosts)}{port}"
 
     def __str__(self) -> str:
         return self.to_str()
 
     @staticmethod
-    def from_str(text: str | bytes) -> "ProtocolServer":
-        """Parse a server address; basic auth is not allowed here (``ProtocolServer`` ``strP``)."""
+    def from_str(text: str | bytes, scheme: str | None = None) -> "ProtocolServer":
+        """Parse a server address; basic auth is not allowed here (``ProtocolServer`` ``strP``).
+        With ``scheme`` (``"smp"``, ``"xftp"``, ``"ntf"``) another scheme is a ``bad ProtocolType``."""
         r = Reader(_to_bytes(text))
-        srv, auth = _server_str_p(r)
+        srv, auth = _server_str_p(r, scheme)
         r.end()
         if auth is not None:
             raise ParseError("ProtocolServer with basic auth not allowed")
@@ -458,9 +566,11 @@ def _scheme_p(r: Reader) -> str:
     return word.decode()
 
 
-def _server_str_p(r: Reader) -> tuple[ProtocolServer, bytes | None]:
-    """``serverStrP``."""
+def _server_str_p(r: Reader, want_scheme: str | None = None) -> tuple[ProtocolServer, bytes | None]:
+    """``serverStrP``, then ``checkProtocolType`` when ``want_scheme`` is given."""
     scheme = _scheme_p(r)
+    if want_scheme is not None and scheme != want_scheme:
+        raise ParseError("bad ProtocolType")
     r.expect(b"://")
     key_hash = _b64url_str(r)
     auth = None
@@ -484,17 +594,37 @@ def _server_str_p(r: Reader) -> tuple[ProtocolServer, bytes | None]:
             port = str(_decimal_int(r))
         except ParseError:
             r.pos = save
+    # the reference's text parser has no limits, but these fields are short strings on the wire
+    # (``smpEncode``): keep every parsed server encodable
     if len(key_hash) > 255 or (auth is not None and len(auth) > 255) or len(port) > 255:
         raise ParseError("field too long")
+    if len(hosts) > 255:
+        raise ParseError("too many hosts")
     return ProtocolServer(tuple(hosts), port, key_hash, scheme), auth
 
 
-def parse_server_with_auth(text: str | bytes) -> ServerWithAuth:
-    """Parse ``<scheme>://<keyHash>[:<basicAuth>]@<hosts>[:<port>]`` (``AProtoServerWithAuth``)."""
+def parse_server_with_auth(text: str | bytes, scheme: str | None = None) -> ServerWithAuth:
+    """Parse ``<scheme>://<keyHash>[:<basicAuth>]@<hosts>[:<port>]`` (``AProtoServerWithAuth``;
+    with ``scheme``, ``ProtoServerWithAuth p``: another scheme is a ``bad ProtocolType``)."""
     r = Reader(_to_bytes(text))
-    srv, auth = _server_str_p(r)
+    srv, auth = _server_str_p(r, scheme)
     r.end()
     return ServerWithAuth(srv, auth)
+
+
+def parse_servers_with_auth(text: str | bytes, scheme: str | None = None) -> list[ServerWithAuth]:
+    """A ``;``-separated list of server addresses (``strP `sepBy1` char ';'``, as the reference's
+    ``xftp -s`` option reads it): ``;`` inside basic auth belongs to the password."""
+    r = Reader(_to_bytes(text))
+    out = []
+    while True:
+        srv, auth = _server_str_p(r, scheme)
+        out.append(ServerWithAuth(srv, auth))
+        if r.peek() != 0x3B:  # ';'
+            break
+        r.pos += 1
+    r.end()
+    return out
 
 
 # ---------------------------------------------------------------- queue addresses

@@ -555,6 +555,19 @@ class BlockingInfo:
             out += b",notice=" + self.notice.to_json()
         return out
 
+    @staticmethod
+    def parse(r: Reader) -> "BlockingInfo":
+        """``strP``: ``reason=…``, then ``,notice=<JSON>`` (the rest of the input) if it parses."""
+        return _blocking_info_p(r)
+
+    @staticmethod
+    def decode(data: bytes) -> "BlockingInfo":
+        """A whole ``BlockingInfo`` text (SMP and XFTP ``BLOCKED`` errors, store logs)."""
+        r = Reader(data)
+        info = _blocking_info_p(r)
+        r.end()
+        return info
+
 
 class ErrorType:
     """Base of the ``ErrorType`` variants below; ``encode()`` gives the wire text (smp.md §4.7)."""

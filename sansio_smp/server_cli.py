@@ -219,7 +219,8 @@ pending_end_interval = {int(DEFAULT_PENDING_END)}
 # ---------------------------------------------------------------- identity files
 
 
-def _write(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` via ``path.tmp``, fsync'd, then renamed (server ``init`` files)."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
@@ -227,6 +228,16 @@ def _write(path: str, data: bytes, mode: int = 0o644) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_identity_files(directory: str, identity: RouterIdentity) -> None:
+    """``createServerX509``'s files, as ``smp-server init`` and ``xftp-server init`` both write
+    them: ``ca.crt``, ``ca.key`` (0600), ``server.crt``, ``server.key`` (0600), ``fingerprint``."""
+    write_file(os.path.join(directory, "ca.crt"), identity.ca_cert_pem())
+    write_file(os.path.join(directory, "ca.key"), identity.ca_key_pem(), 0o600)
+    write_file(os.path.join(directory, "server.crt"), identity.server_cert_pem())
+    write_file(os.path.join(directory, "server.key"), identity.server_key_pem(), 0o600)
+    write_file(os.path.join(directory, "fingerprint"), (identity.fingerprint + "\n").encode())
 
 
 def load_identity(directory: str) -> RouterIdentity:
@@ -278,12 +289,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         password = b64url_encode(secrets.token_bytes(32))
     os.makedirs(directory, exist_ok=True)
     identity = generate_router_identity(args.host, secrets.token_bytes, _now(), alg)
-    _write(os.path.join(directory, "ca.crt"), identity.ca_cert_pem())
-    _write(os.path.join(directory, "ca.key"), identity.ca_key_pem(), 0o600)
-    _write(os.path.join(directory, "server.crt"), identity.server_cert_pem())
-    _write(os.path.join(directory, "server.key"), identity.server_key_pem(), 0o600)
-    _write(os.path.join(directory, "fingerprint"), (identity.fingerprint + "\n").encode())
-    _write(ini_path, ini_content(args.host, args.port, password, not args.disable_store_log).encode())
+    write_identity_files(directory, identity)
+    write_file(ini_path, ini_content(args.host, args.port, password, not args.disable_store_log).encode())
     print(f"Server initialized in {os.path.abspath(directory)}")
     print(f"Fingerprint: {identity.fingerprint}")
     print("Keep ca.key offline: it is only needed to issue a new online certificate (smp-server cert).")
@@ -305,8 +312,8 @@ def cmd_cert(args: argparse.Namespace) -> int:
         raise CLIError(f"{ca_key_path} not found: the offline CA key is needed to issue a new certificate")
     identity = load_identity(args.dir)
     online = generate_online_credential(identity.ca_cert_der, identity.ca_key, settings.host, secrets.token_bytes, _now())
-    _write(os.path.join(args.dir, "server.key"), private_key_pem(online.key), 0o600)
-    _write(os.path.join(args.dir, "server.crt"), der_to_pem(online.cert_der))
+    write_file(os.path.join(args.dir, "server.key"), private_key_pem(online.key), 0o600)
+    write_file(os.path.join(args.dir, "server.crt"), der_to_pem(online.cert_der))
     print("Generated a new online certificate; the identity (fingerprint) is unchanged.")
     print(f"Fingerprint: {identity.fingerprint}")
     return 0

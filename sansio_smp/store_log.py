@@ -455,6 +455,20 @@ def _p_status(c: _Cursor) -> Status:
     raise ParseError("bad queue status")
 
 
+def encode_status(status: Status) -> str:
+    """``strEncode ServerEntityStatus``: ``active``, ``off`` or ``blocked,<BlockingInfo>`` — the
+    queue status here and the file status of the XFTP store log (xftp-ntf.md §1.13)."""
+    return _status(status)
+
+
+def parse_status(text: str) -> Status:
+    """A whole ``ServerEntityStatus`` text (inverse of :func:`encode_status`); :class:`ParseError`."""
+    c = _Cursor(text)
+    status = _p_status(c)
+    c.end()
+    return status
+
+
 def parse_queue_rec(c: _Cursor) -> QueueRec:
     c.lit("rk=")
     rk = _p_keys(c)
@@ -514,7 +528,7 @@ def _fast_create(m: "re.Match[str]") -> CreateQueue:
     if len(secret) != 32:
         raise ParseError("DH secret must be 32 bytes")
     notifier = None
-    if nid is not None:  # `` notifier=<nid> <key> <secret>`` without ``nsrv=`` (as _p_ntf)
+    if nid is not None:  # ``notifier=<nid> <key> <secret>`` without ``nsrv=`` (as _p_ntf)
         ntf_secret = _b64d(nsecret)
         if len(ntf_secret) != 32:
             raise ParseError("DH secret must be 32 bytes")

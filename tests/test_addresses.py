@@ -29,8 +29,14 @@ from sansio_smp.addresses import (
     SMPQueueAddress,
     SMPQueueInfo,
     SMPQueueUri,
+    DEFAULT_PORTS,
+    HostKind,
+    bracketed_host,
+    host_kind,
+    host_sort_key,
     parse_host,
     parse_server_with_auth,
+    parse_servers_with_auth,
 )
 from sansio_smp.crypto import KeyAlgorithm, PublicKey
 from sansio_smp.encoding import VersionRange, b64url_encode
@@ -417,7 +423,7 @@ text_inputs = st.one_of(
 @given(text_inputs)
 @settings(max_examples=600)
 def test_text_parsers_total(text: str) -> None:
-    for parse in (parse_host, parse_server_with_auth, ProtocolServer.from_str, SMPQueueUri.from_str, ConnShortLink.from_str):
+    for parse in (parse_host, parse_server_with_auth, parse_servers_with_auth, ProtocolServer.from_str, SMPQueueUri.from_str, ConnShortLink.from_str):
         try:
             parse(text)
         except ParseError:
@@ -432,3 +438,137 @@ def test_binary_parsers_total(data: bytes) -> None:
             parse(data)
         except ParseError:
             pass
+
+
+# ---------------------------------------------------------------- shared by SMP, XFTP and NTF servers
+
+
+@pytest.mark.parametrize(
+    "host,kind",
+    [
+        ("1.2.3.4", HostKind.IPV4),
+        ("::1", HostKind.IPV6),
+        ("2001:db8::1", HostKind.IPV6),
+        ("abc.onion", HostKind.ONION),
+        (".onion", HostKind.ONION),
+        ("a.com", HostKind.DOMAIN),
+        ("300.1.1.1", HostKind.DOMAIN),  # looks like IPv4, but 300 is no octet: a domain name
+        ("deadbeef", HostKind.DOMAIN),  # hex digits, but no IPv6 address: a domain name
+    ],
+)
+def test_host_kind(host: str, kind: HostKind) -> None:
+    assert host_kind(host) is kind
+    assert bracketed_host(host) == (f"[{host}]" if kind is HostKind.IPV6 else host)
+
+
+def test_host_sort_key_is_haskell_ord_transport_host() -> None:
+    """Derived ``Ord TransportHost``: constructor order first, then numeric IPs, then bytes."""
+    hosts = ["b.com", "a.onion", "::2", "10.0.0.1", "a.com", "9.0.0.255", "::1:0", "2.onion", "Z.com", "\xe9.com"]
+    assert sorted(hosts, key=host_sort_key) == [
+        "9.0.0.255", "10.0.0.1",  # numeric, not text order
+        "::2", "::1:0",  # 128-bit value order
+        "2.onion", "a.onion",
+        "Z.com", "a.com", "b.com", "\xe9.com",  # bytes
+    ]  # fmt: skip
+
+
+def test_server_sort_key() -> None:
+    """Derived ``Ord ProtocolServer``: hosts (as a list), then port text, then key hash."""
+    a = ProtocolServer(("a.com",), "", b"z")
+    a_port = ProtocolServer(("a.com",), "443", b"a")
+    a_b = ProtocolServer(("a.com", "b.com"), "", b"a")
+    ip = ProtocolServer(("10.0.0.1",), "9", b"z")
+    ip_two = ProtocolServer(("10.0.0.1", "a.com"), "", b"a")
+    a_kh = ProtocolServer(("a.com",), "", b"a")
+    assert sorted([a_port, a_b, a, ip_two, ip, a_kh], key=ProtocolServer.sort_key) == [ip, ip_two, a_kh, a, a_port, a_b]
+    smp, ntf, xftp = (attrs.evolve(a, scheme=s) for s in ("smp", "ntf", "xftp"))
+    assert sorted([xftp, ntf, smp], key=ProtocolServer.sort_key) == [smp, ntf, xftp]
+
+
+def test_default_ports() -> None:
+    assert DEFAULT_PORTS == {"smp": "5223", "ntf": "443", "xftp": "443"}
+    assert ProtocolServer(("h.com",)).port_number == 5223
+    assert ProtocolServer(("h.com",), scheme="xftp").port_number == 443
+    assert ProtocolServer(("h.com",), scheme="ntf").port_number == 443
+    assert ProtocolServer(("h.com",), "8000", scheme="xftp").port_number == 8000
+    for bad in ("https", "65536", "-1"):  # a binary-decoded port can be any short string
+        with pytest.raises(LocalProtocolError):
+            ProtocolServer(("h.com",), bad).port_number  # noqa: B018
+
+
+def test_for_host_canonicalises() -> None:
+    assert ProtocolServer.for_host("[2001:DB8::1]", 443, KEY_HASH, "xftp") == ProtocolServer(("2001:db8::1",), "443", KEY_HASH, "xftp")
+    assert ProtocolServer.for_host("010.0.0.1", None, KEY_HASH) == ProtocolServer(("10.0.0.1",), "", KEY_HASH)
+    assert ProtocolServer.for_host("h.com", "05223").port == "5223"
+    with pytest.raises(ParseError):
+        ProtocolServer.for_host("a b")
+
+
+def test_ipv6_written_in_brackets_before_a_port() -> None:
+    """The reference writes IPv6 bare, and its parser reads ``::1:5223`` back as one address; with a
+    port we bracket (which it reads), without one we keep its bytes."""
+    bare = f"smp://{KH}@::1:5223"
+    assert ProtocolServer.from_str(bare) == ProtocolServer(("::1:5223",), "", KEY_HASH)
+    srv = ProtocolServer(("::1", "h.com", "2001:db8::1"), "5223", KEY_HASH)
+    assert srv.to_str() == f"smp://{KH}@[::1],h.com,[2001:db8::1]:5223"
+    assert ProtocolServer.from_str(srv.to_str()) == srv
+    assert srv.to_str(legacy=True) == f"smp://{KH}@[::1]:5223"
+    no_port = ProtocolServer(("::1",), "", KEY_HASH, "xftp")
+    assert no_port.to_str() == f"xftp://{KH}@::1" and ProtocolServer.from_str(no_port.to_str()) == no_port
+
+
+def test_scheme_checked_when_given() -> None:
+    """``strP @(ProtocolServer p)``/``ProtoServerWithAuth p``: ``checkProtocolType``."""
+    text = f"xftp://{KH}:pw@h.com"
+    assert parse_server_with_auth(text, "xftp").server.scheme == "xftp"
+    assert ProtocolServer.from_str(f"xftp://{KH}@h.com", "xftp").scheme == "xftp"
+    for scheme in ("smp", "ntf"):
+        with pytest.raises(ParseError, match="bad ProtocolType"):
+            parse_server_with_auth(text, scheme)
+        with pytest.raises(ParseError, match="bad ProtocolType"):
+            ProtocolServer.from_str(f"xftp://{KH}@h.com", scheme)
+
+
+def test_server_lists() -> None:
+    """``strP `sepBy1` char ';'`` (the ``xftp -s`` option): a ``;`` in basic auth stays in it."""
+    got = parse_servers_with_auth(f"xftp://{KH}@a.com;xftp://{KH}:p;w@b.com:5000", "xftp")
+    assert got == [
+        ServerWithAuth(ProtocolServer(("a.com",), "", KEY_HASH, "xftp")),
+        ServerWithAuth(ProtocolServer(("b.com",), "5000", KEY_HASH, "xftp"), b"p;w"),
+    ]
+    for bad in ("", f"xftp://{KH}@a.com;", f"xftp://{KH}@a.com;;xftp://{KH}@b.com", f"xftp://{KH}@a.com;smp://{KH}@b.com"):
+        with pytest.raises(ParseError):
+            parse_servers_with_auth(bad, "xftp")
+
+
+def test_reference_text_rules_where_parsers_differed() -> None:
+    """Inputs the old XFTP-only parser read differently; the reference's attoparsec decides."""
+    # basic auth: Char8 isPrint (Latin-1), so UTF-8 bytes of "é" are allowed
+    assert parse_server_with_auth(f"xftp://{KH}:p\u00e9@h.com").basic_auth == "pé".encode()
+    # decimal is ASCII only: Unicode digits are neither a port nor IPv4 octets
+    with pytest.raises(ParseError):
+        parse_server_with_auth(f"xftp://{KH}@h.com:\u0661")
+    assert parse_host("\u0661.1.2.3") == "\u0661.1.2.3".encode().decode("latin-1")  # a domain name
+    # decimal :: Int wraps: a port past 2^63 and a first octet of 2^64 + 1
+    assert ProtocolServer.from_str(f"xftp://{KH}@h.com:9223372036854775808").port == "-9223372036854775808"
+    assert parse_host("18446744073709551617.2.3.4") == "1.2.3.4"
+    # iproute's IPv6 reader has no zone index
+    with pytest.raises(ParseError):
+        parse_host("[fe80::1%eth0]")
+
+
+def test_over_long_fields_are_parse_errors() -> None:
+    """Text parsers stay total where a field would not fit its short string on the wire."""
+    for text in (
+        f"xftp://{KH}@" + "h" * 256,
+        f"xftp://{KH}@" + ",".join(["h"] * 256),
+        "xftp://" + "A" * 400 + "@h.com",
+        "https://" + "a" * 300 + "/i#AAAA/BBBB",
+        "https://" + "a" * 300 + "/i#AAAA/BBBB?p=1",
+    ):
+        for parse in (parse_server_with_auth, ConnShortLink.from_str):
+            with pytest.raises(ParseError):
+                parse(text)
+    assert len(parse_host("h" * 255)) == 255
+    with pytest.raises(ParseError):
+        parse_host("h" * 256)

@@ -490,3 +490,22 @@ def test_fast_base64_accepts_exactly_what_the_shared_decoder_accepts(text):
         except ParseError:
             got = None
     assert got == expected
+
+
+def test_entity_status_text_shared_with_xftp() -> None:
+    """``ServerEntityStatus``'s text, as the SMP ``status=`` and the XFTP ``FNEW`` status use it."""
+    from sansio_smp.store_log import encode_status, parse_status
+
+    cases = {
+        "active": "active",
+        "off": "off",
+        "blocked,reason=spam": BlockingInfo(BlockingReason.SPAM),
+        'blocked,reason=content,notice={"ttl":86400}': BlockingInfo(BlockingReason.CONTENT, ClientNotice(86400)),
+        "blocked,reason=spam,notice={}": BlockingInfo(BlockingReason.SPAM, ClientNotice()),
+    }
+    for text, status in cases.items():
+        assert parse_status(text) == status and encode_status(status) == text
+    for bad in ("", "Active", "active ", "offx", "blocked,", "blocked,reason=other", "blocked,reason=spam,notice=[]"):
+        with pytest.raises(ParseError):
+            parse_status(bad)
+    assert BlockingInfo.decode(b'reason=content,notice={"ttl":5}') == BlockingInfo(BlockingReason.CONTENT, ClientNotice(5))

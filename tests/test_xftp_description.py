@@ -7,10 +7,19 @@ import hashlib
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sansio_smp.addresses import (
+    HostKind,
+    ProtocolServer,
+    ServerWithAuth,
+    host_kind,
+    parse_server_with_auth,
+    parse_servers_with_auth,
+)
 from sansio_smp.crypto import KeyAlgorithm, PrivateKey
 from sansio_smp.encoding import b64url_encode
 from sansio_smp.errors import ParseError
@@ -28,6 +37,18 @@ def h(x: str) -> bytes:
     return bytes.fromhex(x)
 
 
+def xftp_server(text: str) -> ProtocolServer:
+    return ProtocolServer.from_str(text, "xftp")
+
+
+def xftp_server_with_auth(text: str) -> ServerWithAuth:
+    return parse_server_with_auth(text, "xftp")
+
+
+def make_server(host: str, port: int | str | None, key_hash: bytes) -> ProtocolServer:
+    return ProtocolServer.for_host(host, port, key_hash, "xftp")
+
+
 def build(obj: dict) -> d.FileDescription:
     """A FileDescription from the vectors' JSON form."""
     chunks = tuple(
@@ -37,7 +58,7 @@ def build(obj: dict) -> d.FileDescription:
             h(c["digest"]),
             tuple(
                 d.FileChunkReplica(
-                    links.XFTPServer.parse(r["server"]), h(r["replica_id"]), PrivateKey.from_pkcs8(h(r["replica_key"]))
+                    xftp_server(r["server"]), h(r["replica_id"]), PrivateKey.from_pkcs8(h(r["replica_key"]))
                 )
                 for r in c["replicas"]
             ),
@@ -66,7 +87,7 @@ def haskell_order(yaml: str) -> str:
 
     def key(g: str):
         server = [ln for ln in g.splitlines() if ln.startswith("  server: ")][0][len("  server: ") :]
-        return links.XFTPServer.parse(server).sort_key()
+        return xftp_server(server).sort_key()
 
     return head + "replicas:\n" + "".join(sorted(groups, key=key)) + "size: " + tail
 
@@ -88,7 +109,7 @@ def test_fixture_matches_reference_value():
     assert fd.digest == b"abc" and d.encode_file_size(fd.size) == "26mb"
     assert fd.key == d._b64("00n8p1tJq5E-SGnHcYTOrS4A9I07gTA_WFD6MTFFFOY=", "k")
     assert [c.chunk_size for c in fd.chunks] == [8 << 20] * 3 + [2 << 20]
-    hosts = [[r.server.hosts[0].text for r in c.replicas] for c in fd.chunks]
+    hosts = [[r.server.hosts[0] for r in c.replicas] for c in fd.chunks]
     assert hosts == [
         ["example1.com", "example3.com"],
         ["example2.com", "example4.com"],
@@ -268,9 +289,11 @@ def test_redirect_descriptions_validate():
 # ---------------------------------------------------------------- Hypothesis round trips
 
 _KEY = PrivateKey(KeyAlgorithm.ED25519, bytes(range(32)))
-_hosts = st.sampled_from(["a.example.com", "b.example.com", "127.0.0.1", "10.0.0.2", "xyz.onion", "localhost"])
+_hosts = st.sampled_from(
+    ["a.example.com", "b.example.com", "127.0.0.1", "10.0.0.2", "xyz.onion", "localhost", "[::1]", "2001:db8::7"]
+)
 _servers = st.builds(
-    lambda host, port, kh: links.XFTPServer.make(host, port, kh),
+    lambda host, port, kh: make_server(host, port, kh),
     _hosts,
     st.sampled_from([None, 443, 8000, 5223]),
     st.binary(min_size=1, max_size=32),
@@ -321,8 +344,8 @@ def test_description_roundtrip(fd):
     assert back.validate() is back
     assert [c.chunk_size for c in back.chunks] == [c.chunk_size for c in fd.chunks]
     assert [c.digest for c in back.chunks] == [c.digest for c in fd.chunks]
-    assert sorted((c.chunk_no, r.server.encode(), r.replica_id) for c in back.chunks for r in c.replicas) == sorted(
-        (c.chunk_no, r.server.encode(), r.replica_id) for c in fd.chunks for r in c.replicas
+    assert sorted((c.chunk_no, r.server.to_str(), r.replica_id) for c in back.chunks for r in c.replicas) == sorted(
+        (c.chunk_no, r.server.to_str(), r.replica_id) for c in fd.chunks for r in c.replicas
     )
     assert back == _canonical(fd)
     assert links.decode_web_fragment(links.encode_web_fragment(text)) == text
@@ -357,38 +380,38 @@ def test_address_parse(case):
     if case["id"] in _HASKELL:
         want = _HASKELL[case["id"]]
         if want is None:
-            with pytest.raises(links.AddressError):
-                links.XFTPServerWithAuth.parse(text)
+            with pytest.raises(ParseError):
+                xftp_server_with_auth(text)
             return
-        srv = links.XFTPServerWithAuth.parse(text)
-        assert ([x.text for x in srv.server.hosts], srv.server.port) == want
-        assert srv.encode() == text
+        srv = xftp_server_with_auth(text)
+        assert (list(srv.server.hosts), srv.server.port) == want
+        assert srv.to_str() == text
         if case["id"] == "basic-auth":
             assert srv.basic_auth == b"server_password"
-            with pytest.raises(links.AddressError):
-                links.XFTPServer.parse(text)
+            with pytest.raises(ParseError):
+                xftp_server(text)
         return
     if not exp["ok"]:
-        with pytest.raises(links.AddressError):
-            links.XFTPServer.parse(text)
+        with pytest.raises(ParseError):
+            xftp_server(text)
         return
-    srv = links.XFTPServer.parse(text)
+    srv = xftp_server(text)
     assert srv.key_hash.hex() == exp["key_hash"]
-    assert srv.hosts[0].text == exp["host"].strip("[]")
+    assert srv.hosts[0] == exp["host"].strip("[]")
     assert str(srv.port_number) == exp["port"]
     # the reference keeps an absent port absent ("" != "443"), xftp-web always writes it
-    formatted = srv.encode()
+    formatted = srv.to_str()
     if srv.port:
-        assert formatted == exp["formatted"] or srv.hosts[0].kind == "ipv6"
+        assert formatted == exp["formatted"]  # IPv6 in brackets before a port, like xftp-web
     else:
         assert formatted + ":443" == exp["formatted"]
-    assert links.XFTPServer.parse(formatted) == srv
+    assert xftp_server(formatted) == srv
 
 
 def test_address_format_and_fingerprints():
     for c in ADDR["format"]:
-        srv = links.XFTPServer.make(c["host"], c["port"], h(c["key_hash"]))
-        assert srv.encode() == c["expected"]["formatted"]
+        srv = make_server(c["host"], c["port"], h(c["key_hash"]))
+        assert srv.to_str() == c["expected"]["formatted"]
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -401,32 +424,34 @@ def test_address_format_and_fingerprints():
 
 
 def test_host_order_is_haskell_ord():
-    ip = links.XFTPServer.make("10.0.0.1", None, b"k")
-    onion = links.XFTPServer.make("abc.onion", None, b"k")
-    dom = links.XFTPServer.make("a.com", None, b"k")
-    noport = links.XFTPServer.make("a.com", None, b"z")
-    port = links.XFTPServer.make("a.com", 443, b"a")
-    assert sorted([dom, onion, ip], key=lambda s: s.sort_key()) == [ip, onion, dom]
+    ip = make_server("10.0.0.1", None, b"k")
+    onion = make_server("abc.onion", None, b"k")
+    dom = make_server("a.com", None, b"k")
+    noport = make_server("a.com", None, b"z")
+    port = make_server("a.com", 443, b"a")
+    ip6 = make_server("[::1]", None, b"k")
+    assert host_kind(ip6.hosts[0]) is HostKind.IPV6
+    assert sorted([dom, onion, ip6, ip], key=lambda s: s.sort_key()) == [ip, ip6, onion, dom]
     assert sorted([port, noport], key=lambda s: s.sort_key()) == [noport, port]
-    assert links.parse_servers("xftp://a2V5@h1.com;xftp://a2V5:pw@h2.com:5000")[1].basic_auth == b"pw"
+    assert parse_servers_with_auth("xftp://a2V5@h1.com;xftp://a2V5:pw@h2.com:5000", "xftp")[1].basic_auth == b"pw"
 
 
 @settings(max_examples=100, deadline=None)
 @given(_servers, st.none() | st.text(alphabet="abcXYZ019!$%", min_size=1, max_size=10).map(str.encode))
 def test_address_roundtrip(srv, auth):
-    assert links.XFTPServer.parse(srv.encode()) == srv
-    assert links.XFTPServerWithAuth.parse(srv.encode(auth)) == links.XFTPServerWithAuth(srv, auth)
+    assert xftp_server(srv.to_str()) == srv
+    assert xftp_server_with_auth(srv.to_str(auth)) == ServerWithAuth(srv, auth)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=80))
 def test_address_parser_is_total(text):
     try:
-        links.XFTPServerWithAuth.parse(text)
+        xftp_server_with_auth(text)
     except ParseError:
         pass
     try:
-        links.XFTPServerWithAuth.parse("xftp://" + text)
+        xftp_server_with_auth("xftp://" + text)
     except ParseError:
         pass
 
@@ -438,3 +463,17 @@ def test_web_fragment_decoder_is_total(text):
         links.decode_web_fragment(text)
     except ParseError:
         pass
+
+
+def test_web_link_brackets_ipv6_host():
+    """``fileWebLink`` takes the first replica's host; an IPv6 one needs brackets in a URL."""
+    fd = d.FileDescription.decode(FIXTURE)
+    for host, authority in (("[2001:db8::1]", "[2001:db8::1]"), ("10.0.0.1", "10.0.0.1"), ("h.onion", "h.onion")):
+        srv = make_server(host, 8443, b"kh")
+        first = fd.chunks[0]
+        moved = attrs.evolve(first, replicas=(attrs.evolve(first.replicas[0], server=srv),) + first.replicas[1:])
+        link = d.file_web_link(attrs.evolve(fd, chunks=(moved,) + fd.chunks[1:]))
+        assert link is not None and link.startswith(f"https://{authority}/#")
+        text = attrs.evolve(fd, chunks=(moved,) + fd.chunks[1:]).encode()
+        assert f"server: xftp://a2g=@{srv.to_str().split('@')[1]}\n".encode() in text
+        assert d.FileDescription.decode(text).chunks[0].replicas[0].server == srv

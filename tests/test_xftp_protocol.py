@@ -226,16 +226,16 @@ def test_responses(case):
 
 
 def test_blocked_info_and_version_downgrade():
-    info = p.BlockingInfo.parse(b'reason=content,notice={"ttl":86400}')
-    assert info == p.BlockingInfo("content", True, 86400)
+    info = p.BlockingInfo.decode(b'reason=content,notice={"ttl":86400}')
+    assert info == p.BlockingInfo(p.BlockingReason.CONTENT, p.ClientNotice(86400))
     assert info.encode() == b'reason=content,notice={"ttl":86400}'
-    assert p.BlockingInfo.parse(b"reason=spam,notice={}").encode() == b"reason=spam,notice={}"
-    err = p.ERR(p.XFTPError("BLOCKED", block_info=p.BlockingInfo("spam")))
+    assert p.BlockingInfo.decode(b"reason=spam,notice={}").encode() == b"reason=spam,notice={}"
+    err = p.ERR(p.XFTPError("BLOCKED", block_info=p.BlockingInfo(p.BlockingReason.SPAM)))
     assert err.encode(3) == b"ERR BLOCKED reason=spam"
     assert err.encode(2) == b"ERR AUTH"  # BLOCKED is AUTH below v3
     for bad in (b"reason=other", b"reason=spamX", b"reason=spam,notice=[1]", b"reason=spam,notice={", b"x"):
         with pytest.raises(ParseError):
-            p.BlockingInfo.parse(bad)
+            p.BlockingInfo.decode(bad)
 
 
 def test_response_transmission_errors():
@@ -630,10 +630,9 @@ _errors = st.one_of(
     st.sampled_from(p.SIMPLE_ERRORS).map(p.XFTPError),
     st.sampled_from(p.COMMAND_ERRORS).map(p.cmd_error),
     st.builds(
-        lambda r, n, t: p.XFTPError("BLOCKED", block_info=p.BlockingInfo(r, n, t if n else None)),
-        st.sampled_from(p.BLOCKING_REASONS),
-        st.booleans(),
-        st.none() | st.integers(-(2**40), 2**40),
+        lambda r, n: p.XFTPError("BLOCKED", block_info=p.BlockingInfo(r, n)),
+        st.sampled_from(p.BlockingReason),
+        st.none() | st.builds(p.ClientNotice, st.none() | st.integers(-(2**40), 2**40)),
     ),
 )
 _responses = st.one_of(
@@ -671,7 +670,7 @@ def test_response_roundtrip(resp, corr):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_parsers_are_total(data):
-    for fn in (p.parse_command, p.parse_response, p.XFTPError.parse, p.BlockingInfo.parse):
+    for fn in (p.parse_command, p.parse_response, p.XFTPError.parse, p.BlockingInfo.decode):
         try:
             fn(data)
         except ParseError:

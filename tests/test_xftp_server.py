@@ -26,8 +26,8 @@ from xftp import description as d
 from xftp import handshake as hs
 from xftp import protocol as p
 from transports import xftp_runtime as rt
-from xftp.links import XFTPServer as Addr
-from xftp.links import XFTPServerWithAuth
+from sansio_smp.addresses import ProtocolServer as Addr
+from sansio_smp.addresses import ServerWithAuth
 from xftp.server import ServerConfig
 
 FIX = Path(__file__).parent / "data" / "xftp" / "fixtures"
@@ -82,7 +82,7 @@ async def running_server(
     )
     async with anyio.create_task_group() as tg:
         port = await tg.start(runtime.serve, "127.0.0.1", 0)
-        yield runtime, Addr.make("localhost", port, ident.key_hash), files
+        yield runtime, Addr.for_host("localhost", port, ident.key_hash, "xftp"), files
         tg.cancel_scope.cancel()
 
 
@@ -255,6 +255,42 @@ async def test_store_log_and_restarts(tmp_path):
         assert log.read_text() == "" and os.listdir(files) == []
 
 
+def test_store_log_writer_keeps_no_partial_line(tmp_path):
+    """The XFTP store log shares the SMP store's append file: a write that fails part-way (disk
+    full) is rolled back, and a torn last line (crash) is dropped on restore."""
+    from xftp import store_log as sl
+
+    log = tmp_path / rt.STORE_LOG_NAME
+    (tmp_path / "files").mkdir()
+    recs = [
+        sl.AddFile(bytes([i]) * 16, p.FileInfo(ed(i).public(), 65536, bytes([i]) * 32), 1700000000) for i in (1, 2, 3)
+    ]
+    w = rt.StoreLogWriter(str(log))
+    assert w.append(recs[:1]) and not w.append([])
+    w.sync()
+    real_write = os.write
+
+    def disk_full(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        real_write(fd, bytes(data[:7]))
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "write", disk_full)
+        with pytest.raises(OSError):
+            w.append(recs[1:2])
+    assert w.append(recs[2:])
+    w.sync()
+    w.close()
+    lines = [sl.encode_record(r) for r in (recs[0], recs[2])]
+    assert log.read_text() == "".join(line + "\n" for line in lines)
+    with open(log, "a") as f:
+        f.write(lines[1][:30])  # a crash in the middle of a line
+    machine, warnings = rt.restore_store(ServerConfig(str(tmp_path / "files")), str(log))
+    assert warnings == ["dropped a torn last line"]
+    assert set(machine.store.files) == {recs[0].sender_id, recs[2].sender_id}
+    assert log.read_text() == "".join(line + "\n" for line in lines)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "new_files, server_pwd, client_pwd, ok",
@@ -271,7 +307,7 @@ async def test_basic_auth(tmp_path, new_files, server_pwd, client_pwd, ok):
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(5000))
     async with running_server(tmp_path, allow_new_files=new_files, new_file_password=server_pwd) as (srv, addr, _):
-        server = XFTPServerWithAuth(addr, client_pwd)
+        server = ServerWithAuth(addr, client_pwd)
         if ok:
             sent = await rt.send_file(str(src), [server], out_dir=None, retries=1)
             assert len(sent.recipient_descriptions) == 1
@@ -474,7 +510,7 @@ async def test_no_alpn_is_version_1(tmp_path):
 @pytest.mark.anyio
 async def test_wrong_key_hash_is_refused(tmp_path):
     async with running_server(tmp_path) as (srv, addr, files):
-        wrong = Addr.make("localhost", addr.port_number, bytes(32))
+        wrong = Addr.for_host("localhost", addr.port_number, bytes(32), "xftp")
         async with anyio.create_task_group() as tg:
             with pytest.raises(x509.CertificateError):
                 await rt.XFTPClient.connect(wrong, tg)
@@ -492,7 +528,7 @@ async def test_send_receive_delete_over_two_servers(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with running_server(tmp_path / "a") as (s1, a1, f1), running_server(tmp_path / "b") as (s2, a2, f2):
-        servers = [XFTPServerWithAuth(a1), XFTPServerWithAuth(a2)]
+        servers = [ServerWithAuth(a1), ServerWithAuth(a2)]
         seen = []
         sent = None
         for _ in range(6):  # chunks go to random servers: until both got some
@@ -524,7 +560,7 @@ async def test_redirect_description_is_followed(tmp_path):
     src = tmp_path / "doc.pdf"
     src.write_bytes(content)
     async with running_server(tmp_path) as (srv, addr, files):
-        servers = [XFTPServerWithAuth(addr)]
+        servers = [ServerWithAuth(addr)]
         inner = await rt.send_file(str(src), servers, out_dir=None)
         yaml = tmp_path / "inner.yaml"
         yaml.write_bytes(inner.recipient_descriptions[0].encode())
@@ -567,7 +603,7 @@ async def test_tampered_description_digest_is_detected(tmp_path):
     src = tmp_path / "f"
     src.write_bytes(os.urandom(100_000))
     async with running_server(tmp_path) as (srv, addr, files):
-        sent = await rt.send_file(str(src), [XFTPServerWithAuth(addr)], out_dir=None)
+        sent = await rt.send_file(str(src), [ServerWithAuth(addr)], out_dir=None)
         fd = sent.recipient_descriptions[0]
         bad = d.FileDescription(fd.party, fd.size, b"y" * 64, fd.key, fd.nonce, fd.chunk_size, fd.chunks)
         with pytest.raises(rt.XFTPClientError, match="digest"):
@@ -587,7 +623,7 @@ sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from test_xftp_server import running_server
 from transports import xftp_runtime as rt
-from xftp.links import XFTPServerWithAuth
+from sansio_smp.addresses import ServerWithAuth
 from pathlib import Path
 
 async def main(size):
@@ -599,7 +635,7 @@ async def main(size):
         while left:
             b = os.urandom(min(left, 1 << 20)); h.update(b); f.write(b); left -= len(b)
     async with running_server(tmp) as (srv, addr, files):
-        sent = await rt.send_file(str(src), [XFTPServerWithAuth(addr)], out_dir=str(tmp))
+        sent = await rt.send_file(str(src), [ServerWithAuth(addr)], out_dir=str(tmp))
         got = await rt.receive_file(sent.recipient_descriptions[0], str(tmp / "out"))
     h2 = hashlib.sha256()
     with open(got, "rb") as f:

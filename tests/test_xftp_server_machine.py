@@ -183,7 +183,7 @@ def test_blocked_files():
     snd, r1 = key(1), key(2)
     sid, (rid,) = created(m, snd, [r1])
     upload(m, snd, sid)
-    info = p.BlockingInfo("spam")
+    info = p.BlockingInfo(p.BlockingReason.SPAM)
     out = m.block_by_recipient(rid, info)
     assert out.records == (sl.BlockFile(sid, info),) and out.remove == (m.chunk_path(sid),)
     dh = PrivateKey(KeyAlgorithm.X25519, bytes(32)).public()
@@ -247,7 +247,7 @@ def test_store_log_lines_restore_and_compaction():
 
 def test_store_log_format_is_the_references():
     info = p.FileInfo(key(1).public(), 65536, b"\x01" * 32)
-    rec = sl.AddFile(b"\x02" * 16, info, 1700000000, p.BlockingInfo("content", True, 10))
+    rec = sl.AddFile(b"\x02" * 16, info, 1700000000, p.BlockingInfo(p.BlockingReason.CONTENT, p.ClientNotice(10)))
     line = sl.encode_record(rec)
     spki = sl._b(key(1).public().spki())
     assert spki.startswith("MCowBQYDK2VwAyEA")
@@ -275,7 +275,7 @@ _records = st.one_of(
         st.binary(min_size=1, max_size=24),
         st.builds(p.FileInfo, st.just(key(1).public()), st.integers(0, 2**32 - 1), st.binary(min_size=1, max_size=32)),
         st.integers(0, 2**40),
-        st.sampled_from(["active", "off", p.BlockingInfo("spam"), p.BlockingInfo("content", True, None)]),
+        st.sampled_from(["active", "off", p.BlockingInfo(p.BlockingReason.SPAM), p.BlockingInfo(p.BlockingReason.CONTENT, p.ClientNotice())]),
     ),
     st.builds(sl.PutFile, st.binary(min_size=1, max_size=24), st.text(min_size=1, max_size=30)),
     st.builds(
@@ -284,7 +284,7 @@ _records = st.one_of(
         st.lists(st.tuples(st.binary(min_size=1, max_size=24), st.just(key(2).public())), min_size=1, max_size=3),
     ),
     st.builds(sl.DeleteFile, st.binary(min_size=1, max_size=24)),
-    st.builds(sl.BlockFile, st.binary(min_size=1, max_size=24), st.just(p.BlockingInfo("spam", True, 5))),
+    st.builds(sl.BlockFile, st.binary(min_size=1, max_size=24), st.just(p.BlockingInfo(p.BlockingReason.SPAM, p.ClientNotice(5)))),
     st.builds(sl.AckFile, st.binary(min_size=1, max_size=24)),
 )
 

@@ -34,7 +34,7 @@ from sansio_smp.crypto import PrivateKey, PublicKey
 from sansio_smp.errors import LocalProtocolError
 from sansio_smp.x509 import verify_session_key
 
-from .tls import DEFAULT_SMP_PORT, BlockStream, connect_tls
+from .tls import BlockStream, connect_tls
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ async def connect_session(
     identity) or :class:`HandshakeFailed`."""
     srv = _address(server)
     h = host or srv.hosts[0]
-    prt = port or (int(srv.port) if srv.port else DEFAULT_SMP_PORT)
+    prt = port or srv.port_number
     stream = await connect_tls(h, prt, srv.key_hash, timeout=timeout, now=time.time)
     try:
         async with open_session(

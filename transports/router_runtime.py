@@ -169,6 +169,7 @@ class RouterRuntime:
             self._after_change()
             if not block or rc.state in (ConnectionState.CLOSED, ConnectionState.ERROR):
                 return
+            del block, events  # not kept alive (16 KB per idle connection) while waiting for the next
 
     @staticmethod
     def _log_bad_input(cid: int, events: list, state: ConnectionState) -> None:
@@ -189,6 +190,7 @@ class RouterRuntime:
                     peer.buf.clear()
                     peer.size = 0
                     await peer.stream.send(data)
+                    del data  # not kept alive (16 KB+ per idle connection) while waiting
                 if peer.closing:
                     await peer.stream.aclose()
                     return

@@ -32,10 +32,11 @@ import anyio
 import anyio.abc
 import attrs
 
+from sansio_smp.addresses import ProtocolServer, ServerWithAuth
 from sansio_smp.crypto import KeyAlgorithm, PrivateKey, PublicKey, SecretBoxStream
 from sansio_smp.errors import ParseError
 from transports.http2 import ClientResponse, H2ClientConnection, H2ServerConnection, HTTP2Error, ServerRequest
-from transports.store_files import write_file_atomically
+from transports.store_files import AppendFile, read_complete_lines, write_file_atomically
 from transports.tls import (
     BlockStream,
     TLSHandshakeError,
@@ -51,8 +52,7 @@ from xftp import file_crypto as fc
 from xftp import handshake as hs
 from xftp import protocol as p
 from xftp import store_log as sl
-from xftp.links import XFTPServer as ServerAddress
-from xftp.links import XFTPServerWithAuth, fragment_of_link
+from xftp.links import fragment_of_link
 from xftp.server import DrainChunk, ReceiveChunk, Respond, SendChunk, ServerConfig, XFTPServer
 
 log = logging.getLogger("xftp")
@@ -141,23 +141,29 @@ def xftp_server_ssl_context(chain_pem: bytes, key_pem: bytes, web_ctx: ssl.SSLCo
 
 
 class StoreLogWriter:
-    """Appends store-log lines (flushed, fsync'd) — ``None`` path disables the log."""
+    """Appends store-log lines (fsync'd by :meth:`sync`) — ``None`` path disables the log. A failed
+    write is rolled back (:class:`transports.store_files.AppendFile`), so no partial line stays."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._f = open(path, "a", encoding="ascii") if path else None  # noqa: SIM115
+        self._f = AppendFile(path) if path else None
 
     def append(self, records: Sequence[sl.Record]) -> bool:
-        """Write and flush the lines; returns whether an fsync is due (see :meth:`sync`)."""
+        """Write the lines; returns whether an fsync is due (see :meth:`sync`)."""
         if self._f is None or not records:
             return False
-        self._f.write("".join(sl.encode_record(r) + "\n" for r in records))
-        self._f.flush()
+        try:
+            self._f.write("".join(sl.encode_record(r) + "\n" for r in records).encode("ascii"))
+        except OSError:
+            self._f.rollback()
+            raise
+        # complete lines are kept even before the fsync: other requests may append meanwhile
+        self._f.commit()
         return True
 
     def sync(self) -> None:
         if self._f is not None:
-            os.fsync(self._f.fileno())
+            self._f.sync()
 
     def close(self) -> None:
         if self._f is not None:
@@ -174,12 +180,10 @@ def restore_store(
     warnings: list[str] = []
     if log_path:
         src = log_path if os.path.exists(log_path) else log_path + ".bak"
-        if os.path.exists(src):
-            with open(src, encoding="ascii", errors="replace") as f:
-                lines = f.read().split("\n")
-            if lines and lines[-1] != "":
-                warnings.append("dropped a torn last line")
-            warnings += sl.restore(lines[:-1], machine.store)
+        lines, torn = read_complete_lines(src)
+        if torn:
+            warnings.append("dropped a torn last line")
+        warnings += sl.restore((line.decode("ascii", errors="replace") for line in lines), machine.store)
         for rec in machine.store.files.values():
             if rec.path is not None and not os.path.exists(rec.path):
                 warnings.append(f"chunk file of {d.b64url_encode(rec.sender_id)} is missing")
@@ -418,7 +422,7 @@ class XFTPServerRuntime:
 class XFTPClient:
     """One connection to one XFTP server: TLS (key hash checked), HTTP/2, the native handshake."""
 
-    def __init__(self, server: ServerAddress, h2c: H2ClientConnection, stream: BlockStream) -> None:
+    def __init__(self, server: ProtocolServer, h2c: H2ClientConnection, stream: BlockStream) -> None:
         self.server = server
         self.h2c = h2c
         self.stream = stream
@@ -429,7 +433,7 @@ class XFTPClient:
     @classmethod
     async def connect(
         cls,
-        server: ServerAddress,
+        server: ProtocolServer,
         tg: anyio.abc.TaskGroup,
         *,
         alpn: Sequence[str] | None = (p.XFTP_ALPN,),
@@ -439,9 +443,9 @@ class XFTPClient:
     ) -> "XFTPClient":
         with anyio.fail_after(timeout):
             stream = await connect_tls(
-                server.host, server.port_number, server.key_hash, ssl_context=client_ssl_context(alpn), now=now
+                server.hosts[0], server.port_number, server.key_hash, ssl_context=client_ssl_context(alpn), now=now
             )
-        h2c = H2ClientConnection(stream, authority=server.host)
+        h2c = H2ClientConnection(stream, authority=server.hosts[0])
         client = cls(server, h2c, stream)
         await h2c.start()
 
@@ -649,10 +653,10 @@ class XFTPClientAgent:
         self.retries = max(1, retries)
         self.random_bytes = random_bytes
         self.now = now
-        self._clients: dict[ServerAddress, XFTPClient] = {}
-        self._locks: dict[ServerAddress, anyio.Lock] = {}
+        self._clients: dict[ProtocolServer, XFTPClient] = {}
+        self._locks: dict[ProtocolServer, anyio.Lock] = {}
 
-    async def client(self, server: ServerAddress) -> XFTPClient:
+    async def client(self, server: ProtocolServer) -> XFTPClient:
         lock = self._locks.setdefault(server, anyio.Lock())
         async with lock:
             c = self._clients.get(server)
@@ -661,12 +665,12 @@ class XFTPClientAgent:
                 self._clients[server] = c
             return c
 
-    async def drop(self, server: ServerAddress) -> None:
+    async def drop(self, server: ProtocolServer) -> None:
         c = self._clients.pop(server, None)
         if c is not None:
             await c.aclose()
 
-    async def run(self, server: ServerAddress, op: Callable[[XFTPClient], Awaitable[T]]) -> T:
+    async def run(self, server: ProtocolServer, op: Callable[[XFTPClient], Awaitable[T]]) -> T:
         for attempt in range(1, self.retries + 1):
             try:
                 return await op(await self.client(server))
@@ -747,7 +751,7 @@ def _unique_path(directory: str, name: str) -> str:
 
 async def send_file(
     path: str,
-    servers: Sequence[XFTPServerWithAuth],
+    servers: Sequence[ServerWithAuth],
     *,
     out_dir: str | None = ".",
     recipients: int = 1,

@@ -36,13 +36,14 @@ from typing import Sequence
 
 import attrs
 
+from sansio_smp.addresses import parse_servers_with_auth
 from sansio_smp.crypto import KeyAlgorithm
 from sansio_smp.errors import ParseError
+from sansio_smp.server_cli import write_file, write_identity_files
 from sansio_smp.x509 import generate_router_identity, load_private_key_pem, pem_to_der_list
 
 from . import description as d
 from . import file_crypto as fc
-from .links import parse_servers
 
 INI_NAME = "file-server.ini"
 DEFAULT_DIR = "xftp-server"
@@ -92,7 +93,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not servers_text:
         raise CLIError("no XFTP servers: pass -s 'xftp://<keyhash>@<host>:<port>' (or set XFTP_SERVERS)")
     try:
-        servers = parse_servers(servers_text)
+        servers = parse_servers_with_auth(servers_text, "xftp")
     except ParseError as e:
         raise CLIError(f"invalid server address: {e}") from e
     if not os.path.isfile(args.file):
@@ -361,12 +362,6 @@ def server_address(fingerprint: str, host: str, port: int, password: str | None 
     return f"xftp://{fingerprint}{auth}@{host}{port_s}"
 
 
-def _write(path: str, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def cmd_server_init(args: argparse.Namespace) -> int:
     directory = args.dir
     if os.path.exists(os.path.join(directory, INI_NAME)):
@@ -379,14 +374,10 @@ def cmd_server_init(args: argparse.Namespace) -> int:
         raise CLIError("--web-cert and --web-key go together")
     os.makedirs(os.path.join(directory, "files"), exist_ok=True)
     identity = generate_router_identity(args.host, secrets.token_bytes, _dt.datetime.now(_dt.timezone.utc), alg)
-    _write(os.path.join(directory, "ca.crt"), identity.ca_cert_pem())
-    _write(os.path.join(directory, "ca.key"), identity.ca_key_pem(), 0o600)
-    _write(os.path.join(directory, "server.crt"), identity.server_cert_pem())
-    _write(os.path.join(directory, "server.key"), identity.server_key_pem(), 0o600)
-    _write(os.path.join(directory, "fingerprint"), (identity.fingerprint + "\n").encode())
+    write_identity_files(directory, identity)
     web = (os.path.abspath(args.web_cert), os.path.abspath(args.web_key)) if args.web_cert else None
     ini = ini_content(args.host, args.port, quota, not args.disable_store_log, args.password, web)
-    _write(os.path.join(directory, INI_NAME), ini.encode())
+    write_file(os.path.join(directory, INI_NAME), ini.encode())
     print(f"Server initialized in {os.path.abspath(directory)}; configuration: {INI_NAME}")
     print("Keep ca.key offline: it is only needed to issue a new online certificate.")
     print(server_address(identity.fingerprint, args.host, args.port, args.password))

@@ -19,11 +19,12 @@ from typing import Iterable
 
 import attrs
 
+from sansio_smp.addresses import ProtocolServer, bracketed_host
 from sansio_smp.crypto import KeyAlgorithm, PrivateKey, cb_nonce
 from sansio_smp.encoding import b64url_decode, b64url_encode
 from sansio_smp.errors import ParseError
 
-from .links import XFTPServer, decode_web_fragment, encode_web_fragment
+from .links import decode_web_fragment, encode_web_fragment
 
 FD_SEPARATOR = "################################\n"
 """``fdSeparator``: separates descriptions in one text."""
@@ -92,7 +93,7 @@ def _auth_key(text: str) -> PrivateKey:
 
 @attrs.frozen
 class FileChunkReplica:
-    server: XFTPServer
+    server: ProtocolServer
     replica_id: bytes
     replica_key: PrivateKey
 
@@ -156,7 +157,7 @@ class FileDescription:
         return self
 
     # -- grouping
-    def server_replicas(self) -> list[tuple[XFTPServer, list["FileServerReplica"]]]:
+    def server_replicas(self) -> list[tuple[ProtocolServer, list["FileServerReplica"]]]:
         """``groupReplicasByServer``: flat replicas grouped by server, in Haskell ``Ord`` order."""
         return group_replicas_by_server(self.chunk_size, self.chunks)
 
@@ -168,7 +169,7 @@ class FileDescription:
             "nonce": b64url_encode(self.nonce),
             "party": self.party,
             "replicas": [
-                {"chunks": [r.encode() for r in group], "server": server.encode()}
+                {"chunks": [r.encode() for r in group], "server": server.to_str()}
                 for server, group in self.server_replicas()
             ],
             "size": encode_file_size(self.size),
@@ -183,7 +184,7 @@ class FileServerReplica:
     """One line of a ``chunks`` list: ``chunkNo:replicaId:replicaKey[:digest[:chunkSize]]``."""
 
     chunk_no: int
-    server: XFTPServer
+    server: ProtocolServer
     replica_id: bytes
     replica_key: PrivateKey
     digest: bytes | None = None
@@ -198,7 +199,7 @@ class FileServerReplica:
         return s
 
     @staticmethod
-    def parse(server: XFTPServer, text: str) -> "FileServerReplica":
+    def parse(server: ProtocolServer, text: str) -> "FileServerReplica":
         """``serverReplicaP``: the whole string must be consumed."""
         m = re.fullmatch(rf"(\d+):({_B64}):({_B64})(?::({_B64}))?(?::(\d+(?:gb|mb|kb)?))?", text)
         if not m:
@@ -238,10 +239,10 @@ def unfold_chunks_to_replicas(default_chunk_size: int, chunks: Iterable[FileChun
 
 def group_replicas_by_server(
     default_chunk_size: int, chunks: Iterable[FileChunk]
-) -> list[tuple[XFTPServer, list[FileServerReplica]]]:
+) -> list[tuple[ProtocolServer, list[FileServerReplica]]]:
     """``groupAllWith server``: a stable sort by server (Haskell ``Ord``) then grouping."""
     flat = sorted(unfold_chunks_to_replicas(default_chunk_size, chunks), key=lambda r: r.server.sort_key())
-    groups: list[tuple[XFTPServer, list[FileServerReplica]]] = []
+    groups: list[tuple[ProtocolServer, list[FileServerReplica]]] = []
     for r in flat:
         if groups and groups[-1][0] == r.server:
             groups[-1][1].append(r)
@@ -314,7 +315,7 @@ def _decode_description(doc: object) -> FileDescription:
     for g in groups:
         if not isinstance(g, dict):
             raise DescriptionError("replicas: expected mappings")
-        server = XFTPServer.parse(text("server", g))
+        server = ProtocolServer.from_str(text("server", g), "xftp")
         lines = field("chunks", g)
         if not isinstance(lines, list) or not all(isinstance(x, YamlStr) for x in lines):
             raise DescriptionError("chunks: expected a list of strings")
@@ -341,8 +342,7 @@ def file_web_link(fd: FileDescription) -> str | None:
     if not fd.chunks or not fd.chunks[0].replicas:
         return None
     first = fd.chunks[0].replicas[0].server.hosts[0]
-    host = f"[{first.text}]" if first.kind == "ipv6" else first.text
-    return f"https://{host}/#{encode_web_uri(fd)}"
+    return f"https://{bracketed_host(first)}/#{encode_web_uri(fd)}"
 
 
 @attrs.frozen

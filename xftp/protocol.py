@@ -14,7 +14,6 @@ Request decoding for a server (:func:`decode_request`) follows ``tDecodeServer``
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Union
 
 import attrs
@@ -34,6 +33,7 @@ from sansio_smp.crypto import (
 )
 from sansio_smp.encoding import Reader, VersionRange, mb, ne, sb, unpad, w32
 from sansio_smp.errors import LocalProtocolError, ParseError, ProtocolError
+from sansio_smp.protocol import BlockingInfo, BlockingReason, ClientNotice
 
 XFTP_BLOCK_SIZE = 16384
 INITIAL_XFTP_VERSION = 1
@@ -76,49 +76,7 @@ SIMPLE_ERRORS = (
     "INTERNAL",
     "DUPLICATE_",
 )
-BLOCKING_REASONS = ("spam", "content")
-
-
-@attrs.frozen
-class BlockingInfo:
-    """``reason=spam|content[,notice={"ttl":N}]`` (``BlockingInfo``)."""
-
-    reason: str
-    notice: bool = False  # a notice is present
-    notice_ttl: int | None = None
-
-    def encode(self) -> bytes:
-        out = b"reason=" + self.reason.encode()
-        if self.notice:
-            body = {} if self.notice_ttl is None else {"ttl": self.notice_ttl}
-            out += b",notice=" + json.dumps(body, separators=(",", ":")).encode()
-        return out
-
-    @staticmethod
-    def parse(data: bytes) -> "BlockingInfo":
-        if not data.startswith(b"reason="):
-            raise ParseError("BlockingInfo: expected reason=")
-        rest = data[len(b"reason=") :]
-        for reason in BLOCKING_REASONS:
-            if rest.startswith(reason.encode()):
-                rest = rest[len(reason) :]
-                break
-        else:
-            raise ParseError("BlockingInfo: bad reason")
-        if not rest:
-            return BlockingInfo(reason)
-        if not rest.startswith(b",notice="):
-            raise ParseError("BlockingInfo: trailing bytes")
-        try:
-            notice = json.loads(rest[len(b",notice=") :])
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ParseError(f"BlockingInfo: bad notice JSON: {e}") from e
-        if not isinstance(notice, dict):
-            raise ParseError("BlockingInfo: notice must be an object")
-        ttl = notice.get("ttl")
-        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or not -(1 << 63) <= ttl < 1 << 63):
-            raise ParseError("BlockingInfo: bad ttl")
-        return BlockingInfo(reason, True, ttl)
+# ``BLOCKED``'s ``BlockingInfo`` is SMP's (the reference's one type): sansio_smp.protocol.BlockingInfo
 
 
 @attrs.frozen
@@ -153,7 +111,7 @@ class XFTPError:
         if name == "BLOCKED":
             if not sp:
                 raise ParseError("BLOCKED error without info")
-            return XFTPError("BLOCKED", block_info=BlockingInfo.parse(rest))
+            return XFTPError("BLOCKED", block_info=BlockingInfo.decode(rest))
         if name in SIMPLE_ERRORS and not sp:
             return XFTPError(name)
         raise ParseError(f"bad error type {data[:20]!r}")
@@ -652,6 +610,8 @@ __all__ = [
     "AUTH",
     "BLOCK",
     "BlockingInfo",
+    "BlockingReason",
+    "ClientNotice",
     "Command",
     "CommandError",
     "ERR",

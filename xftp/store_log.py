@@ -23,12 +23,10 @@ import attrs
 from sansio_smp.crypto import PublicKey
 from sansio_smp.encoding import b64url_decode, b64url_encode
 from sansio_smp.errors import ParseError
+from sansio_smp.protocol import BlockingInfo
+from sansio_smp.store_log import ACTIVE, OFF, Status, encode_status, parse_status
 
-from .protocol import BlockingInfo, FileInfo
-
-ACTIVE = "active"
-OFF = "off"
-Status = Union[str, BlockingInfo]  # "active", "off" or the blocking info
+from .protocol import FileInfo
 
 
 @attrs.frozen
@@ -78,17 +76,11 @@ def _key(key: PublicKey) -> str:
     return b64url_encode(key.spki())
 
 
-def _status(status: Status) -> str:
-    if isinstance(status, BlockingInfo):
-        return "blocked," + status.encode().decode()
-    return status
-
-
 def encode_record(r: Record) -> str:
     """One log line (without the newline)."""
     if isinstance(r, AddFile):
         fi = r.file_info
-        return f"FNEW {_b(r.sender_id)} {_key(fi.snd_key)} {fi.size} {_b(fi.digest)} {r.created_at} {_status(r.status)}"
+        return f"FNEW {_b(r.sender_id)} {_key(fi.snd_key)} {fi.size} {_b(fi.digest)} {r.created_at} {encode_status(r.status)}"
     if isinstance(r, PutFile):
         return f"FPUT {_b(r.sender_id)} {_b(r.path.encode('utf-8'))}"
     if isinstance(r, AddRecipients):
@@ -110,14 +102,6 @@ def _pub(text: str) -> PublicKey:
     return PublicKey.from_spki(_id(text))
 
 
-def _parse_status(text: str) -> Status:
-    if text == ACTIVE or text == OFF:
-        return text
-    if text.startswith("blocked,"):
-        return BlockingInfo.parse(text[len("blocked,") :].encode())
-    raise ParseError(f"bad status {text!r}")
-
-
 def parse_record(line: str) -> Record:
     """Parse one line; :class:`ParseError` if it is not a record."""
     tag, _, rest = line.rstrip("\r\n").partition(" ")
@@ -129,7 +113,7 @@ def parse_record(line: str) -> Record:
             size = int(parts[2])
             if not 0 <= size <= 0xFFFFFFFF:
                 raise ParseError("FNEW: bad size")
-            status = _parse_status(parts[5]) if len(parts) == 6 else ACTIVE
+            status = parse_status(parts[5]) if len(parts) == 6 else ACTIVE
             info = FileInfo(_pub(parts[1]), size, _id(parts[3]))
             return AddFile(_id(parts[0]), info, int(parts[4]), status)
         if tag == "FPUT" and len(parts) == 2:
@@ -145,7 +129,7 @@ def parse_record(line: str) -> Record:
         if tag == "FDEL" and len(parts) == 1:
             return DeleteFile(_id(parts[0]))
         if tag == "FBLK" and len(parts) == 2:
-            return BlockFile(_id(parts[0]), BlockingInfo.parse(parts[1].encode()))
+            return BlockFile(_id(parts[0]), BlockingInfo.decode(parts[1].encode()))
         if tag == "FACK" and len(parts) == 1:
             return AckFile(_id(parts[0]))
     except (ValueError, UnicodeDecodeError) as e:
