@@ -24,6 +24,7 @@ import os
 import random
 import ssl
 import tempfile
+import threading
 import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
@@ -108,6 +109,47 @@ def _absorb(h, f, data: bytes, transform: Callable[[bytes], bytes] | None = None
         data = transform(data)
     h.update(data)
     f.write(data)
+
+
+def _absorb_parts(h, f, parts: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    """Worker-thread step: hash and write received pieces (never joined into one buffer)."""
+    for piece in parts:
+        h.update(piece)
+        f.write(piece)
+
+
+class _BufferPool:
+    """Recycled chunk buffers (at most ``keep``): a fresh multi-MiB ``bytearray`` per chunk is
+    zero-filled and page-faulted in again every time; a recycled one is already mapped. One
+    thread takes, any thread gives back."""
+
+    def __init__(self, keep: int) -> None:
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) == size:
+                    return self._free.pop(i)
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
+
+
+def _read_fully(f, view: memoryview) -> int:  # type: ignore[no-untyped-def]
+    """``readinto`` until ``view`` is full or the file ends; the number of bytes read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 # ================================================================ server
@@ -346,12 +388,16 @@ class XFTPServerRuntime:
             yield block
             s = SecretBoxStream(out.dh_secret, out.nonce)
             left = out.size
+            # one buffer, refilled for every piece: send_body copies a piece into frames before
+            # asking for the next, so the chunk is read and encrypted in place, without allocating
+            buf = bytearray(min(BATCH, max(left, 1)))
 
-            def next_piece(n: int) -> bytes:
-                piece = f.read(n)
-                if len(piece) != n:
+            def next_piece(n: int) -> memoryview:
+                view = memoryview(buf)[:n]
+                if _read_fully(f, view) != n:
                     raise HTTP2Error("chunk file shorter than its size")
-                return s.encrypt(piece)
+                s.encrypt_in_place(view)
+                return view
 
             while left > 0:
                 n = min(BATCH, left)
@@ -382,16 +428,14 @@ class XFTPServerRuntime:
             with open(part, "wb") as f:
                 with anyio.move_on_after(self.file_timeout) as scope:
                     while True:
-                        piece = await req.body.read_exactly(BATCH)
-                        if not piece:
+                        parts = await req.body.read_parts(BATCH)
+                        if not parts:
                             break
-                        got += len(piece)
+                        got += sum(map(len, parts))
                         if got > rc.size:
                             error = p.SIZE
                             break
-                        await _offload(_absorb, h, f, piece)
-                        if len(piece) < BATCH:
-                            break
+                        await _offload(_absorb_parts, h, f, parts)
                 if scope.cancelled_caught:
                     error = p.TIMEOUT
                 elif error is None and got != rc.size:
@@ -552,9 +596,9 @@ class XFTPClient:
     async def upload_chunk(
         self, snd_key: PrivateKey, sender_id: bytes, source: str | bytes, offset: int = 0, size: int | None = None
     ) -> None:
-        """FPUT: the chunk is ``source`` (bytes) or ``size`` bytes of the file ``source`` at ``offset``."""
-        if isinstance(source, (bytes, bytearray)):
-            data = bytes(source)
+        """FPUT: the chunk is ``source`` (bytes-like) or ``size`` bytes of the file ``source`` at ``offset``."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = memoryview(source).cast("B")  # pieces are views: no copy of the chunk
             size = len(data)
 
             async def body() -> AsyncIterator[bytes]:
@@ -588,10 +632,12 @@ class XFTPClient:
         digest: bytes,
         dest: str | None = None,
         random_bytes: Callable[[int], bytes] = _urandom,
-    ) -> bytes | None:
+        buffer: bytearray | None = None,
+    ) -> bytearray | None:
         """FGET: transport-decrypt, check the tag (CRYPTO), the size (SIZE) and the chunk SHA-256
         (DIGEST). The chunk goes to the file ``dest`` (removed on any failure) or, without
-        ``dest``, is returned."""
+        ``dest``, is returned (a ``bytearray``: ``buffer`` if it has the chunk's size — it is
+        reused and overwritten — else a new one)."""
         dh = PrivateKey.generate(KeyAlgorithm.X25519, random_bytes)
         with anyio.fail_after(COMMAND_TIMEOUT + TIMEOUT_PER_KB * size / 1024):
             r, resp = await self.send_command(recipient_id, p.FGET(dh.public()), rcv_key)
@@ -600,15 +646,33 @@ class XFTPClient:
                     raise p.XFTPErrorResponse(p.BLOCK, f"unexpected response {type(r).__name__}")
                 dec = p.TransportDecryptor(dh.dh(r.dh_key), r.nonce, size)
                 h = hashlib.sha256()
-                parts: list[bytes] = []
-                with open(dest, "wb") if dest is not None else _ListWriter(parts) as f:
+                # the chunk is assembled in one buffer and decrypted there in place, a batch at a time
+                chunk = buffer if buffer is not None and len(buffer) == size else bytearray(size)
+                view = memoryview(chunk)
+                pos = 0
+
+                def absorb(start: int, end: int, tail: bytes, f) -> None:  # type: ignore[no-untyped-def]
+                    plain = dec.feed_in_place(view[start:end])
+                    h.update(plain)
+                    if dest is not None:
+                        f.write(plain)
+                    if tail:
+                        dec.feed_in_place(bytearray(tail))  # tag bytes (SIZE if too many)
+
+                with open(dest, "wb") if dest is not None else _ListWriter([]) as f:
                     while True:
-                        piece = await resp.body.read_exactly(BATCH)
-                        if not piece:
+                        parts = await resp.body.read_parts(BATCH)
+                        if not parts:
                             break
-                        await _offload(_absorb, h, f, piece, dec.feed)
-                        if len(piece) < BATCH:
-                            break
+                        start, tail = pos, b""
+                        for piece in parts:
+                            take = min(len(piece), size - pos)
+                            if take:
+                                view[pos : pos + take] = piece if take == len(piece) else memoryview(piece)[:take]
+                                pos += take
+                            if take < len(piece):
+                                tail += piece[take:]
+                        await _offload(absorb, start, pos, tail, f)
                 dec.finish()
                 if h.digest() != digest:
                     raise p.XFTPErrorResponse(p.DIGEST, "chunk digest mismatch")
@@ -621,7 +685,7 @@ class XFTPClient:
                 raise
             finally:
                 self.h2c.release(resp)
-        return None if dest is not None else b"".join(parts)
+        return None if dest is not None else chunk
 
     async def delete_chunk(self, snd_key: PrivateKey, sender_id: bytes) -> None:
         await self._simple(sender_id, p.FDEL(), snd_key)
@@ -782,42 +846,64 @@ async def send_file(
     chosen = [servers[rng.randrange(len(servers))] for _ in specs]
     sent: dict[int, tuple] = {}
     uploaded = 0
-    send_ch, recv_ch = anyio.create_memory_object_stream[tuple[int, bytes]](0)
+    send_ch, recv_ch = anyio.create_memory_object_stream[tuple[int, bytearray]](0)
+    pool = _BufferPool(UPLOAD_WINDOW + 1)
 
     def encrypt() -> None:
-        """Worker thread: encrypt and cut the stream into chunks, handing each over as it is
-        complete (the hand-over blocks while the upload window is full)."""
+        """Worker thread: build each chunk in its own buffer — file content read straight into
+        it and encrypted in place, digests taken while the piece is still in cache — and hand it
+        over when complete (the hand-over blocks while the upload window is full)."""
         enc = fc.FileEncryptor(key, nonce, plan.header, size, plan.enc_size)
-        pending = bytearray()
         nxt = 0
+        chunk = pool.take(specs[0][1]) if specs else bytearray()
+        view = memoryview(chunk)
+        pos = 0
 
-        def put(data: bytes) -> None:
-            nonlocal nxt
-            digester.update(data)
-            pending.extend(data)
-            while nxt < len(specs) and len(pending) >= specs[nxt][1]:
-                n = specs[nxt][1]
-                chunk = bytes(pending[:n])
-                del pending[:n]
+        def filled(n: int) -> None:
+            """``n`` more encrypted bytes are in place at ``pos``: digest them, pass on full chunks."""
+            nonlocal pos, nxt, chunk, view
+            digester.update(view[pos : pos + n])
+            pos += n
+            if pos == len(chunk):
                 anyio.from_thread.run(send_ch.send, (nxt, chunk))
                 nxt += 1
+                chunk = pool.take(specs[nxt][1]) if nxt < len(specs) else bytearray()
+                view = memoryview(chunk)
+                pos = 0
+
+        def put(data: bytes) -> None:
+            """Copy already-encrypted bytes (header, padding, tag) into the chunks."""
+            src = memoryview(data)
+            while len(src):
+                if pos == len(chunk):
+                    raise XFTPClientError("encrypted file longer than its chunks")
+                n = min(len(src), len(chunk) - pos)
+                view[pos : pos + n] = src[:n]
+                src = src[n:]
+                filled(n)
 
         with open(path, "rb") as src:
             put(enc.start())
             left = size
             while left > 0:
-                piece = src.read(min(BATCH, left))
-                if not piece:
+                n = min(BATCH, left, len(chunk) - pos)
+                if n <= 0:
+                    raise XFTPClientError("encrypted file longer than its chunks")
+                piece = view[pos : pos + n]
+                if _read_fully(src, piece) != n:
                     raise XFTPClientError("file changed while encrypting")
-                left -= len(piece)
-                put(enc.encrypt(piece))
+                left -= n
+                enc.encrypt_in_place(piece)
+                filled(n)
             for piece in enc.finish():
                 put(piece)
+        if nxt != len(specs):
+            raise XFTPClientError("encrypted file shorter than its chunks")
 
     async with client_agent(retries, random_bytes, now) as agent:
         window = anyio.Semaphore(UPLOAD_WINDOW)
 
-        async def upload(i: int, chunk: bytes) -> None:
+        async def upload(i: int, chunk: bytearray) -> None:
             nonlocal uploaded
             try:
                 csize = specs[i][1]
@@ -832,6 +918,7 @@ async def send_file(
                     more = [k.public() for k in rcvs[j : j + p.MAX_RECIPIENTS_PER_REQUEST]]
                     rids += await agent.run(srv.server, lambda c, more=more: c.add_recipients(snd, sid, more))
                 await agent.run(srv.server, lambda c: c.upload_chunk(snd, sid, chunk))
+                pool.give(chunk)
                 sent[i] = (srv.server, sid, snd, rids, rcvs, csize, digest)
                 uploaded += csize
                 if progress:
@@ -944,7 +1031,8 @@ async def receive_file(
         raise XFTPClientError("not a recipient file description")
     if fd.redirect is not None and redirect_depth <= 0:
         raise XFTPClientError("Redirect chain too long")
-    buffered: dict[int, bytes] = {}
+    buffered: dict[int, bytearray] = {}
+    pool = _BufferPool(DOWNLOAD_WINDOW + 1)
     ready = [anyio.Event() for _ in fd.chunks]
     window = anyio.Semaphore(DOWNLOAD_WINDOW)
     aborted = False
@@ -960,8 +1048,8 @@ async def receive_file(
 
     def decrypt() -> object:
         if fd.redirect is not None:
-            return _decrypt_to_memory(fd, next_chunk, 1 << 22)
-        return _decrypt_to_dir(fd, next_chunk, out_dir)
+            return _decrypt_to_memory(fd, next_chunk, 1 << 22, pool.give)
+        return _decrypt_to_dir(fd, next_chunk, out_dir, pool.give)
 
     done = 0
     async with client_agent(retries, random_bytes, now) as agent:
@@ -986,7 +1074,13 @@ async def receive_file(
                     data = await agent.run(
                         rep.server,
                         lambda cl: cl.download_chunk(
-                            rep.replica_key, rep.replica_id, c.chunk_size, c.digest, None, random_bytes
+                            rep.replica_key,
+                            rep.replica_id,
+                            c.chunk_size,
+                            c.digest,
+                            None,
+                            random_bytes,
+                            pool.take(c.chunk_size),
                         ),
                     )
                     buffered[i] = data  # type: ignore[assignment]
@@ -1037,25 +1131,43 @@ async def _ack_all(agent: XFTPClientAgent, fd: d.FileDescription) -> None:
 
 
 def _decrypt_chunks(
-    fd: d.FileDescription, next_chunk: Callable[[int], bytes], sink: Callable[[bytes], None]
+    fd: d.FileDescription,
+    next_chunk: Callable[[int], bytes | bytearray],
+    sink: Callable[[bytes | memoryview], None],
+    release: Callable[[bytearray], None] | None = None,
 ) -> fc.FileHeader:
-    """Decrypt the chunks in order into ``sink``, then check the file SHA-512 (``File digest
-    mismatch``) and the tag. The caller discards what ``sink`` got if this raises."""
+    """Decrypt the chunks in order into ``sink`` (which must consume what it is given at once),
+    then check the file SHA-512 (``File digest mismatch``) and the tag. The caller discards what
+    ``sink`` got if this raises. Chunk buffers are decrypted in place and then, if ``release``
+    is given, handed back to it for reuse."""
     dec = fc.FileDecryptor(fd.key, fd.nonce, fd.size)
     h = hashlib.sha512()
     for i in range(len(fd.chunks)):
         data = next_chunk(i)
-        h.update(data)
-        for off in range(0, len(data), BATCH):
-            out = dec.decrypt(data[off : off + BATCH])
+        if not isinstance(data, bytearray):
+            data = bytearray(data)
+        view = memoryview(data)
+        # per piece, while it is in cache: the SHA-512 of the ciphertext, then decryption in
+        # place (the downloaded chunk buffer is ours); ``sink`` gets views into it
+        for off in range(0, len(view), BATCH):
+            piece = view[off : off + BATCH]
+            h.update(piece)
+            out = dec.decrypt_in_place(piece)
             if out:
                 sink(out)
+        if release is not None:
+            release(data)
     if h.digest() != fd.digest:
         raise XFTPClientError("File digest mismatch")
     return dec.finish()
 
 
-def _decrypt_to_memory(fd: d.FileDescription, next_chunk: Callable[[int], bytes], limit: int) -> bytes:
+def _decrypt_to_memory(
+    fd: d.FileDescription,
+    next_chunk: Callable[[int], bytes | bytearray],
+    limit: int,
+    release: Callable[[bytearray], None] | None = None,
+) -> bytes:
     parts: list[bytes] = []
     total = 0
 
@@ -1064,21 +1176,26 @@ def _decrypt_to_memory(fd: d.FileDescription, next_chunk: Callable[[int], bytes]
         total += len(b)
         if total > limit:
             raise XFTPClientError("redirect description too large")
-        parts.append(b)
+        parts.append(bytes(b))
 
     try:
-        _decrypt_chunks(fd, next_chunk, sink)
+        _decrypt_chunks(fd, next_chunk, sink, release)
     except fc.FileCryptoError as e:
         raise XFTPClientError(f"Error decrypting file: {e}") from e
     return b"".join(parts)
 
 
-def _decrypt_to_dir(fd: d.FileDescription, next_chunk: Callable[[int], bytes], out_dir: str) -> str:
+def _decrypt_to_dir(
+    fd: d.FileDescription,
+    next_chunk: Callable[[int], bytes | bytearray],
+    out_dir: str,
+    release: Callable[[bytearray], None] | None = None,
+) -> str:
     os.makedirs(out_dir, exist_ok=True)
     part_fd, part = tempfile.mkstemp(prefix=".xftp-", suffix=".part", dir=out_dir)
     try:
         with os.fdopen(part_fd, "wb") as out:
-            hdr = _decrypt_chunks(fd, next_chunk, out.write)
+            hdr = _decrypt_chunks(fd, next_chunk, out.write, release)
             out.flush()
             os.fsync(out.fileno())
         target = _unique_path(out_dir, _safe_name(hdr.file_name))

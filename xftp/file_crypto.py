@@ -203,6 +203,17 @@ class FileEncryptor:
         self._remaining -= len(piece)
         return self._stream.encrypt(piece)
 
+    def encrypt_in_place(self, buf) -> None:  # type: ignore[no-untyped-def]
+        """:meth:`encrypt` of content in a writable buffer (bytearray or a memoryview of one),
+        replacing it with its ciphertext — the streaming path, with no allocation."""
+        if self._state != "content":
+            raise LocalProtocolError("encrypt() before start() or after finish()")
+        n = memoryview(buf).nbytes
+        if n > self._remaining:
+            raise LocalProtocolError("more content than declared")
+        self._remaining -= n
+        self._stream.encrypt_in_place(buf)
+
     def finish(self) -> Iterator[bytes]:
         """Encrypted ``'#'`` padding in pieces of at most 64 KiB, then the 16-byte tag."""
         if self._state != "content":
@@ -309,6 +320,25 @@ class FileDecryptor:
             return b""
         self._ct_left -= n_ct
         plain = self._stream.decrypt(data[:n_ct] if n_ct < len(data) else data)
+        return self._plaintext(plain)
+
+    def decrypt_in_place(self, buf) -> bytes | memoryview:  # type: ignore[no-untyped-def]
+        """:meth:`decrypt` of a writable buffer (bytearray or a memoryview of one): the ciphertext
+        in it is replaced by plaintext and the content part is returned, usually as a view into
+        ``buf`` (consume it before reusing ``buf``)."""
+        if self._done:
+            raise LocalProtocolError("decrypt() after finish()")
+        view = memoryview(buf).cast("B")
+        n_ct = min(len(view), self._ct_left)
+        tag_part = view[n_ct:]
+        if len(self._tag) + len(tag_part) > AUTH_TAG_SIZE:
+            raise FileCryptoError("encrypted file longer than its size")
+        self._tag += bytes(tag_part)
+        if n_ct == 0:
+            return b""
+        self._ct_left -= n_ct
+        plain = view[:n_ct]
+        self._stream.decrypt_in_place(plain)
         return self._plaintext(plain)
 
     def _plaintext(self, plain: bytes) -> bytes:

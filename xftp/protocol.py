@@ -599,6 +599,21 @@ class TransportDecryptor:
         self._tag += bytes(extra)
         return self._stream.decrypt(data[:n]) if n else b""
 
+    def feed_in_place(self, buf) -> memoryview:  # type: ignore[no-untyped-def]
+        """:meth:`feed` of a writable buffer (bytearray or a memoryview of one): the chunk bytes in
+        it are decrypted in place and returned as a view of ``buf``; tag bytes are kept aside."""
+        view = memoryview(buf).cast("B")
+        n = min(len(view), self._left)
+        self._left -= n
+        extra = view[n:]
+        if len(self._tag) + len(extra) > AUTH_TAG_SIZE:
+            raise XFTPErrorResponse(SIZE, "body longer than the chunk and tag")
+        self._tag += bytes(extra)
+        plain = view[:n]
+        if n:
+            self._stream.decrypt_in_place(plain)
+        return plain
+
     def finish(self) -> None:
         if self._left or len(self._tag) != AUTH_TAG_SIZE:
             raise XFTPErrorResponse(SIZE, "body shorter than the chunk and tag")
