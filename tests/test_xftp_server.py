@@ -20,7 +20,7 @@ import pytest
 from sansio_smp import x509
 from sansio_smp.crypto import KeyAlgorithm, PrivateKey
 from sansio_smp.encoding import pad, unpad
-from transports.http2 import H2ClientConnection
+from transports.http2 import H2ClientConnection, HTTP2Error
 from transports.tls import connect_tls
 from xftp import description as d
 from xftp import handshake as hs
@@ -28,7 +28,7 @@ from xftp import protocol as p
 from transports import xftp_runtime as rt
 from sansio_smp.addresses import ProtocolServer as Addr
 from sansio_smp.addresses import ServerWithAuth
-from xftp.server import ServerConfig
+from xftp.server import InactiveClients, ServerConfig, client_inactive
 
 FIX = Path(__file__).parent / "data" / "xftp" / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +58,7 @@ async def running_server(
     identity: str = "",
     now=time.time,
     expire_interval=None,
+    inactive_clients=None,
     **cfg,
 ):
     """Start a server in this event loop; yields (runtime, address, files dir)."""
@@ -79,6 +80,7 @@ async def running_server(
         file_timeout=5.0,
         now=now,
         expire_interval=expire_interval,
+        inactive_clients=inactive_clients,
     )
     async with anyio.create_task_group() as tg:
         port = await tg.start(runtime.serve, "127.0.0.1", 0)
@@ -357,6 +359,67 @@ async def test_expiration(tmp_path):
                     await op
                 assert e.value.error == p.AUTH
     assert (tmp_path / rt.STORE_LOG_NAME).read_text().splitlines()[-1] == f"FDEL {d.b64url_encode(sid)}"
+
+
+def test_client_inactive_compares_last_activity_with_ttl():
+    assert not client_inactive(100.0, 110.0, 10)  # exactly ttl ago: still active
+    assert client_inactive(100.0, 110.01, 10)
+    assert not client_inactive(100.0, 100.0, 0.5)
+    assert InactiveClients() == InactiveClients(21600, 3600)  # defaultInactiveClientExpiration
+
+
+@pytest.mark.anyio
+async def test_inactive_clients_are_disconnected(tmp_path):
+    """§4.1 8 (ttl 0.5 s, check 0.1 s): PINGs every 0.1 s keep a connection open for 3×ttl; once
+    idle, the server closes it after ttl (+ up to a check interval), seen by the client; a
+    connection that only did the handshake is closed the same way."""
+    ttl, check = 0.5, 0.1
+    async with running_server(tmp_path, inactive_clients=InactiveClients(ttl, check)) as (_srv, addr, _):
+        async with client(addr) as c, client(addr) as idle:
+            start = time.monotonic()
+            while time.monotonic() - start < 3 * ttl:
+                last = time.monotonic()
+                await c.ping()
+                assert not c.closed
+                await anyio.sleep(0.1)
+            assert idle.closed  # the handshake-only connection went meanwhile
+            with anyio.fail_after(5):
+                while not c.closed:
+                    await anyio.sleep(0.01)
+            waited = time.monotonic() - last
+            assert ttl - 0.05 <= waited <= ttl + check + 1.0, waited
+            with pytest.raises(HTTP2Error):
+                await c.ping()
+    # with disconnect off (the default) an idle connection stays open
+    (tmp_path / "off").mkdir()
+    async with running_server(tmp_path / "off") as (_srv, addr, _):
+        async with client(addr) as c:
+            await anyio.sleep(2 * ttl)
+            assert not c.closed
+            await c.ping()
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ("disconnect = off\n# ttl = 21600\n", None),
+        ("disconnect = on\nttl = 60\ncheck_interval = 5\n", InactiveClients(60, 5)),
+        ("disconnect: on\nttl: 21600\ncheck_interval: 3600\n", InactiveClients()),
+        ("disconnect = on\nttl = 60\n", "check_interval is required"),
+        ("disconnect = on\nttl = 1.5\ncheck_interval = 1\n", "not a whole number"),
+        ("disconnect = maybe\n", "expected on or off"),
+    ],
+)
+def test_inactive_clients_ini(tmp_path, section, expected):
+    """§1.14 ``[INACTIVE_CLIENTS]``: off by default; with ``disconnect = on`` both keys are required."""
+    from xftp.cli import CLIError, load_settings
+
+    (tmp_path / "file-server.ini").write_text(f"[FILES]\npath = files\n\n[INACTIVE_CLIENTS]\n{section}")
+    if isinstance(expected, str):
+        with pytest.raises(CLIError, match=expected):
+            load_settings(str(tmp_path))
+    else:
+        assert load_settings(str(tmp_path)).inactive_clients == expected
 
 
 # ---------------------------------------------------------------- bad bodies, corrupted chunks
@@ -696,7 +759,10 @@ def test_cli_init_start_send_recv_del(tmp_path):
     address = r.stdout.strip().splitlines()[-1]
     fp = (d_srv / "fingerprint").read_text().strip()
     assert address == f"xftp://{fp}@localhost:{port}"
-    assert "[FILES]" in (d_srv / "file-server.ini").read_text()
+    ini_text = (d_srv / "file-server.ini").read_text()
+    assert "[FILES]" in ini_text
+    assert "[INACTIVE_CLIENTS]\n# TTL and interval to check inactive clients\ndisconnect = off\n" in ini_text
+    assert "# ttl = 21600\n# check_interval = 3600\n" in ini_text
     assert _cli("server_main", "init", "--dir", str(d_srv)).returncode == 1  # already initialised
     code = "import sys; from xftp.cli import server_main; sys.exit(server_main(sys.argv[1:]))"
     server = subprocess.Popen(
@@ -708,8 +774,8 @@ def test_cli_init_start_send_recv_del(tmp_path):
     )
     try:
         assert server.stdout.readline().strip() == address
-        for _ in range(3):
-            server.stdout.readline()
+        lines = [server.stdout.readline().strip() for _ in range(4)]
+        assert lines[2] == "not expiring inactive clients" and lines[3].startswith("Listening on port")
         src = tmp_path / "hello.txt"
         src.write_bytes(b"hello world\n" * 1000)
         r = _cli("main", "send", str(src), str(tmp_path), "-n", "2", "-s", address)

@@ -4,7 +4,8 @@ Program module (it does the I/O around the pure machines):
 
 * :class:`XFTPServerRuntime` — TLS listener (``transports.tls``), HTTP/2 per connection
   (``transports.http2``), the handshake machine (:class:`xftp.handshake.ServerConnection`), the
-  server machine (:class:`xftp.server.XFTPServer`), chunk files, the store log, expiry.
+  server machine (:class:`xftp.server.XFTPServer`), chunk files, the store log, expiry of files
+  and of inactive connections.
 * :class:`XFTPClient` — one connection to one server (native handshake), its commands;
   :class:`XFTPClientAgent` — a connection per server with reconnects and retries;
   :func:`send_file`, :func:`receive_file`, :func:`delete_file` — the ``xftp`` CLI operations,
@@ -54,7 +55,16 @@ from xftp import handshake as hs
 from xftp import protocol as p
 from xftp import store_log as sl
 from xftp.links import fragment_of_link
-from xftp.server import DrainChunk, ReceiveChunk, Respond, SendChunk, ServerConfig, XFTPServer
+from xftp.server import (
+    DrainChunk,
+    InactiveClients,
+    ReceiveChunk,
+    Respond,
+    SendChunk,
+    ServerConfig,
+    XFTPServer,
+    client_inactive,
+)
 
 log = logging.getLogger("xftp")
 T = TypeVar("T")
@@ -255,6 +265,7 @@ class XFTPServerRuntime:
         store_log: StoreLogWriter | None = None,
         file_timeout: float = FILE_TIMEOUT,
         expire_interval: float | None = EXPIRE_CHECK_INTERVAL,
+        inactive_clients: InactiveClients | None = None,
         now: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = _urandom,
     ) -> None:
@@ -265,6 +276,7 @@ class XFTPServerRuntime:
         self.store_log = store_log or StoreLogWriter(None)
         self.file_timeout = file_timeout
         self.expire_interval = expire_interval
+        self.inactive_clients = inactive_clients
         self.now = now
         self.random_bytes = random_bytes
         self.port: int | None = None
@@ -317,11 +329,29 @@ class XFTPServerRuntime:
         sni_used = self.web_enabled and stream.sni is not None
         session = hs.ServerConnection(self.identity, stream.tls_unique or b"", sni_used, self.random_bytes)
         h2c = H2ServerConnection(stream)
+        active_at = self.now()
 
         async def handler(req: ServerRequest) -> None:
+            nonlocal active_at
+            active_at = self.now()  # every request is activity (PING included)
             await self._on_request(req, stream, session, sni_used)
 
-        await h2c.serve(handler)
+        async def disconnect_inactive(expiration: InactiveClients) -> None:
+            """``expireInactiveClient`` (xftp-ntf.md §1.13): check every interval, close when idle."""
+            while True:
+                await anyio.sleep(expiration.check_interval)
+                if client_inactive(active_at, self.now(), expiration.ttl):
+                    log.debug("closing a connection inactive for over %s s", expiration.ttl)
+                    await h2c.aclose()
+                    return
+
+        if self.inactive_clients is None:
+            await h2c.serve(handler)
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(disconnect_inactive, self.inactive_clients)
+            await h2c.serve(handler)
+            tg.cancel_scope.cancel()
 
     async def _on_request(
         self, req: ServerRequest, stream: BlockStream, session: hs.ServerConnection, sni_used: bool

@@ -44,6 +44,7 @@ from sansio_smp.x509 import generate_router_identity, load_private_key_pem, pem_
 
 from . import description as d
 from . import file_crypto as fc
+from .server import DEFAULT_INACTIVE_CLIENT_CHECK, DEFAULT_INACTIVE_CLIENT_TTL, InactiveClients
 
 INI_NAME = "file-server.ini"
 DEFAULT_DIR = "xftp-server"
@@ -239,6 +240,7 @@ class ServerSettings:
     web_cert: str | None
     web_key: str | None
     file_timeout: float = 300.0
+    inactive_clients: InactiveClients | None = None
 
 
 def _on_off(value: str, name: str) -> bool:
@@ -255,6 +257,18 @@ def _size(value: str, name: str) -> int:
         return d.decode_file_size(value.strip())
     except ParseError as e:
         raise CLIError(f"{name}: bad size {value!r} (use e.g. 100gb, 512mb, 64kb)") from e
+
+
+def _seconds(value: str | None, name: str) -> int:
+    if value is None:
+        raise CLIError(f"{name} is required when [INACTIVE_CLIENTS] disconnect = on")
+    try:
+        n = int(value)
+    except ValueError as e:
+        raise CLIError(f"{name}: not a whole number of seconds: {value!r}") from e
+    if n <= 0:
+        raise CLIError(f"{name}: must be positive")
+    return n
 
 
 def load_settings(directory: str) -> ServerSettings:
@@ -300,6 +314,13 @@ def load_settings(directory: str) -> ServerSettings:
     if pwd is not None and not all(0x21 <= ord(c) <= 0x7E and c not in "@:/" for c in pwd):
         raise CLIError("[AUTH] create_password: printable ASCII without whitespace, '@', ':' or '/'")
     web_cert, web_key = get("WEB", "cert"), get("WEB", "key")
+    inactive = None
+    if flag("INACTIVE_CLIENTS", "disconnect", False):
+        # as readStrictIni: with disconnect = on both keys are required
+        inactive = InactiveClients(
+            _seconds(get("INACTIVE_CLIENTS", "ttl"), "[INACTIVE_CLIENTS] ttl"),
+            _seconds(get("INACTIVE_CLIENTS", "check_interval"), "[INACTIVE_CLIENTS] check_interval"),
+        )
     return ServerSettings(
         directory=directory,
         host=get("TRANSPORT", "host") or "localhost",
@@ -313,6 +334,7 @@ def load_settings(directory: str) -> ServerSettings:
         allowed_chunk_sizes=sizes,
         web_cert=os.path.join(directory, web_cert) if web_cert else None,
         web_key=os.path.join(directory, web_key) if web_key else None,
+        inactive_clients=inactive,
     )
 
 
@@ -349,7 +371,10 @@ storage_quota = {quota}
 # allowed_chunk_sizes = 64kb,256kb,1mb,4mb
 
 [INACTIVE_CLIENTS]
+# TTL and interval to check inactive clients
 disconnect = off
+# ttl = {DEFAULT_INACTIVE_CLIENT_TTL}
+# check_interval = {DEFAULT_INACTIVE_CLIENT_CHECK}
 
 [WEB]
 # TLS credentials for web clients (SNI connections, CORS) on the same port:
@@ -432,11 +457,18 @@ def cmd_server_start(args: argparse.Namespace) -> int:
         web_enabled=web_ctx is not None,
         store_log=rt.StoreLogWriter(log_path),
         file_timeout=st.file_timeout,
+        inactive_clients=st.inactive_clients,
     )
     pwd = st.create_password.decode() if st.create_password else None
     print(server_address(fp, st.host, st.port, pwd), flush=True)
     print(f"Store log: {log_path}" if log_path else "Store log disabled.")
     print(f"Files: {st.files_path}, {len(machine.store.files)} restored, {machine.used_storage} bytes used")
+    ic = st.inactive_clients
+    print(
+        f"expiring clients inactive for {ic.ttl} seconds every {ic.check_interval} seconds"
+        if ic
+        else "not expiring inactive clients"
+    )
     print(f"Listening on port {st.port}...", flush=True)
     try:
         anyio.run(lambda: runtime.serve(None, st.port))
