@@ -29,13 +29,22 @@ Semantics follow the reference's ``Server.hs`` (fns ``receive``, ``verifyTransmi
 **Persistence contract** (``RouterConfig.persistence``): every change that must survive a
 restart becomes a *store record* — a queue store-log line (smp.md §6.8) or a message-journal
 line (:mod:`sansio_smp.store_log`). Records accumulate until the runtime calls
-:meth:`Router.pending_store_writes`, appends them durably (one fsync per batch, whatever the
-number of connections) and calls :meth:`Router.store_written`. Every transmission produced
-while undurable records exist is held back until they are durable, so e.g. ``OK`` to ``SEND``
-is only sent after the message is on disk. If the write fails (``store_written(error)``),
-everything since the last durable point is rolled back (queue records, message queues,
-delivery state), held replies become ``ERR STORE <error>``, held events are dropped — the
-in-memory state equals the files again.
+:meth:`Router.pending_store_writes`, appends them durably in order (one fsync per batch,
+whatever the number of connections) and calls :meth:`Router.store_written`.
+
+* Records that protect data a client is told is safe are *blocking*: every transmission
+  produced after one is held back until it is durable, so e.g. ``OK`` to ``SEND`` (and the
+  ``MSG`` it pushes) is only sent after the message is on disk. All queue store-log records
+  (NEW/KEY/SKEY/DEL/...) and message additions are blocking.
+* The removal of a message by ``ACK`` is *non-blocking*: the reply to ``ACK`` does not wait
+  for it (it is still written in order, in the next group commit). Losing it in a crash only
+  re-delivers an already acknowledged message after restart — duplicate delivery is normal in
+  SMP, clients dedupe by msgId (smp.md §6.3) — and never loses one.
+* If a write fails (``store_written(error)``), everything since the last durable point is
+  rolled back (queue records, message queues, delivery state), held replies become
+  ``ERR STORE <error>``, held events are dropped — the in-memory state equals the files again.
+  An ``ACK`` whose reply already went out is undone like a crash would undo it: its message is
+  back at the head of the queue and is pushed again to the subscriber (a duplicate).
 """
 
 from __future__ import annotations
@@ -171,6 +180,7 @@ from .store_log import (
     SuspendQueue,
     UpdateKeys,
     UpdateTime,
+    day_start,
     encode_journal_record,
     encode_record,
 )
@@ -287,13 +297,15 @@ class _Ntf:
 class _Epoch:
     """Snapshots of everything touched since the previous epoch, to roll back a failed write."""
 
-    __slots__ = ("upto", "queues", "msgs", "delivered")
+    __slots__ = ("upto", "queues", "msgs", "delivered", "acks")
 
     def __init__(self) -> None:
         self.upto = 0
         self.queues: dict[bytes, QueueRec | None] = {}
         self.msgs: dict[bytes, tuple[tuple[Message, ...], bool] | None] = {}
         self.delivered: dict[bytes, list[tuple[ConnId, tuple[bytes, int] | None]]] = {}
+        # ACKs that removed a message: (connection, queue, seq their reply was emitted at)
+        self.acks: list[tuple[ConnId, bytes, int]] = []
 
 
 class _Failed(Exception):
@@ -352,7 +364,9 @@ class Router:
         self._queue_log: list[str] = []
         self._journal: list[str] = []
         self._seq = 0  # store records produced so far
+        self._barrier = 0  # output emitted now waits until this many records are durable
         self._durable = 0  # records known to be on disk
+        self._block_acks: list[tuple[ConnId, bytes]] = []  # ACK removals in the current block
         self._inflight: deque[int] = deque()  # upto-seq of batches handed out
         self._epochs: list[_Epoch] = []  # closed (in flight) epochs then the open one
         self._open_epoch: _Epoch | None = None
@@ -462,6 +476,11 @@ class Router:
                 msgs.append(msg)
         responses.reverse()
         msgs.reverse()
+        if self._block_acks:
+            # the replies below go out once self._barrier is durable: remember at what seq, to
+            # know at a rollback whether the client saw its ACK succeed (see _rollback)
+            self._epoch().acks.extend((cid, rid, self._barrier) for cid, rid in self._block_acks)
+            self._block_acks.clear()
         if not responses:
             return
         if msgs and len(responses) <= MAX_SOKS_WITH_MSG:
@@ -690,7 +709,7 @@ class Router:
 
     def _update_time(self, rid: bytes, now: float) -> None:
         """A ``TIME`` record on the first access of each day (``updateQueueTime``)."""
-        today = int(now) // DAY * DAY
+        today = day_start(now)
         if self.store.queues[rid].updated_at != today:
             self._write(rid, [UpdateTime(rid, today)])
 
@@ -730,7 +749,7 @@ class Router:
             if ntf_keys is not None:
                 notifier = NtfCreds(self.random_bytes(cfg.queue_id_size), ntf_keys[0], ntf_keys[1])
             rec = QueueRec(
-                (cmd.rcv_auth_key,), rcv_dh_secret, sid, None, mode, link, notifier, ACTIVE, int(now) // DAY * DAY
+                (cmd.rcv_auth_key,), rcv_dh_secret, sid, None, mode, link, notifier, ACTIVE, day_start(now)
             )
             if self.store.has_id(rid, rec):
                 if client_ids:
@@ -899,7 +918,10 @@ class Router:
             self._note_delivered(rid)
         sub.delivered = None
         if deletes:
-            self._delete_head(rid)
+            # non-blocking: losing this record re-delivers an acknowledged message, never loses one
+            self._delete_head(rid, blocking=False)
+            if self.config.persistence:
+                self._block_acks.append((cl.conn_id, rid))
         if sub.get_mode:
             return Ok()
         nxt = self._peek(rid)  # the next message, or the head if the ACK did not match it
@@ -908,13 +930,13 @@ class Router:
         sub.delivered = (nxt.msg_id, nxt.ts)
         return self._msg(rid, nxt)
 
-    def _delete_head(self, rid: bytes) -> None:
+    def _delete_head(self, rid: bytes, blocking: bool = True) -> None:
         mq = self.msg_queues[rid]
         self._note_msgs(rid)
         m = mq.msgs.popleft()
         if not m.quota:
             self.stats["msg_recv"] += 1
-        self._journal_write([MessageRemoved(rid, m.msg_id)])
+        self._journal_write([MessageRemoved(rid, m.msg_id)], blocking)
         if not mq.msgs:
             del self.msg_queues[rid]
 
@@ -1116,7 +1138,7 @@ class Router:
     # ------------------------------------------------------------ output
 
     def _emit(self, cl: _Client, items: list[_Out]) -> None:
-        cl.held.append((self._seq, items))
+        cl.held.append((self._barrier, items))
         self._release(cl)
 
     def _release(self, cl: _Client) -> None:
@@ -1187,16 +1209,28 @@ class Router:
             if self.config.persistence:
                 self._queue_log.append(encode_record(r))
                 self._seq += 1
+                self._barrier = self._seq  # queue records are always blocking
 
-    def _journal_write(self, records: list[JournalRecord]) -> None:
+    def _journal_write(self, records: list[JournalRecord], blocking: bool = True) -> None:
+        """Queue message-journal lines; a *blocking* record holds back all output produced after
+        it until it is durable (see the module docstring)."""
         if self.config.persistence:
             self._journal.extend(encode_journal_record(r) for r in records)
             self._seq += len(records)
+            if blocking:
+                self._barrier = self._seq
 
     @property
     def has_pending_store_writes(self) -> bool:
         """Records are waiting for :meth:`pending_store_writes`."""
         return bool(self._queue_log or self._journal)
+
+    @property
+    def store_write_urgent(self) -> bool:
+        """A pending record is blocking (output waits for it): write now. If ``False`` the
+        pending records (``ACK`` removals) hold nothing back and may wait for a later batch."""
+        handed_out = self._inflight[-1] if self._inflight else self._durable
+        return self._barrier > handed_out
 
     @property
     def store_idle(self) -> bool:
@@ -1236,6 +1270,9 @@ class Router:
                 self._release(cl)
 
     def _rollback(self, error: str) -> None:
+        # ACKs whose reply already went out (emitted at a seq that was durable): their clients
+        # believe the message is gone, but its removal was never written
+        seen_acks = [(cid, rid) for ep in self._epochs for cid, rid, seq in ep.acks if seq <= self._durable]
         for ep in reversed(self._epochs):
             for rid, rec in ep.queues.items():
                 self.store.put(rid, rec)
@@ -1256,7 +1293,8 @@ class Router:
         self._open_epoch = None
         self._queue_log, self._journal = [], []
         self._inflight.clear()
-        self._seq = self._durable
+        self._seq = self._barrier = self._durable
+        self._block_acks.clear()
         err = Err(StoreErrorType(error))
         for cl in self.clients.values():
             converted: deque[tuple[int, list[_Out]]] = deque()
@@ -1265,12 +1303,30 @@ class Router:
                 if replies:
                     converted.append((self._durable, replies))
             cl.held = converted
+        self._redeliver_after_rollback(seen_acks)
         for nid in list(self.ntf_store):
             kept = [n for n in self.ntf_store[nid] if n.seq <= self._durable]
             if kept:
                 self.ntf_store[nid] = kept
             else:
                 del self.ntf_store[nid]
+
+    def _redeliver_after_rollback(self, acks: list[tuple[ConnId, bytes]]) -> None:
+        """After a rollback undid ``ACK`` s whose reply was already sent: push the queue head
+        again to each such subscriber, as a restart after a crash would (a duplicate its client
+        drops by msgId, smp.md §6.3). ``GET`` users get it from their next ``GET``."""
+        for cid, rid in dict.fromkeys(acks):
+            cl = self.clients.get(cid)
+            sub = cl.subs.get(rid) if cl is not None else None
+            if cl is None or sub is None or sub.get_mode or self.subscribers.get(rid) != cid:
+                continue
+            if rid not in self.store.queues:
+                continue
+            head = self._peek(rid)
+            sub.delivered = None
+            if head is not None:
+                sub.delivered = (head.msg_id, head.ts)
+                cl.held.append((self._durable, [(b"", rid, self._msg(rid, head))]))
 
     # ------------------------------------------------------------ introspection (tests, stats)
 

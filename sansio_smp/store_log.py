@@ -72,6 +72,23 @@ ACTIVE = "active"
 OFF = "off"
 
 
+_DAY_SECONDS = 86400
+_shared_ints: dict[int, int] = {}
+
+
+def shared_int(value: int) -> int:
+    """One int object per distinct ``updated_at`` (day-rounded, so few distinct values): an
+    idle queue then costs a pointer, not a 32-byte int."""
+    if len(_shared_ints) > 4096:
+        _shared_ints.clear()
+    return _shared_ints.setdefault(value, value)
+
+
+def day_start(seconds: float) -> int:
+    """``updated_at`` of a queue touched at ``seconds``: rounded down to the day (smp.md §6.1)."""
+    return shared_int(int(seconds) // _DAY_SECONDS * _DAY_SECONDS)
+
+
 @attrs.frozen
 class QueueRec:
     """One queue record (smp.md §6.1, ``QueueRec``). Immutable: updates make a new record."""
@@ -498,7 +515,7 @@ def parse_queue_rec(c: _Cursor) -> QueueRec:
         user = c.b64(allow_empty=True)
         link = QueueLink(link_id, fixed, user)
     notifier = _p_ntf(c) if c.opt(" notifier=") else None
-    updated_at = c.decimal() if c.opt(" updated_at=") else None
+    updated_at = shared_int(c.decimal()) if c.opt(" updated_at=") else None
     status: Status = _p_status(c) if c.opt(" status=") else ACTIVE
     rsrv = c.b64() if c.opt(" rsrv=") else None
     return QueueRec(rk, rdh, sid, sk, mode, link, notifier, status, updated_at, rsrv)
@@ -540,7 +557,7 @@ def _fast_create(m: "re.Match[str]") -> CreateQueue:
         _parse_key_text(sk) if sk else None,
         QueueMode(mode.encode("ascii")) if mode else None,
         notifier=notifier,
-        updated_at=int(updated) if updated is not None else None,
+        updated_at=shared_int(int(updated)) if updated is not None else None,
     )
     return CreateQueue(_b64d(rid), rec)
 

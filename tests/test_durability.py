@@ -227,6 +227,68 @@ def test_runtime_store_failure_answers_store_error(tmp_path, monkeypatch):
     assert anyio.run(check) == [b"kept", b"kept too"]
 
 
+def test_runtime_ack_reply_precedes_its_record_and_a_crash_redelivers(tmp_path, monkeypatch):
+    """The reply to ACK goes out while its removal record is still unwritten (the write is held
+    in the store thread here); a crash at that moment (the files as they are on disk) restarts
+    with the acknowledged message delivered again and nothing else lost (smp.md §6.3)."""
+    import shutil
+    import threading
+
+    identity = router_identity()
+    crash_dir = tmp_path / "crash"
+    gate = threading.Event()
+    real_append = StoreFiles.append
+
+    def held_append(self, q, j):
+        if any(line.startswith("A ") for line in j):
+            assert gate.wait(10)
+        real_append(self, q, j)
+
+    async def run():
+        runtime = _runtime(tmp_path)
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            c = await _memory_client(runtime, tg, identity)
+            rid, sid, rkey, skey, dh = await create_secured_queue(c)
+            other = await create_secured_queue(c)
+            for corr, body in ((b"1", b"first"), (b"2", b"second")):
+                assert (await c.call(corr, sid, Send(body), skey))[2] == Ok()
+            assert (await c.call(b"3", other[1], Send(b"elsewhere"), other[3]))[2] == Ok()
+            await c.send(b"sub", rid, Sub(), rkey)
+            assert (await c.recv())[2] == SOk()
+            _, _, m1 = await c.recv()
+            monkeypatch.setattr(StoreFiles, "append", held_append)
+            _, _, m2 = await c.call(b"ack", rid, Ack(m1.msg_id), rkey)  # answered...
+            assert decrypt_rcv_msg_body(dh, m2.msg_id, m2.enc_body).body == b"second"
+            journal = (tmp_path / "smp-server-messages.journal").read_text()
+            assert not any(line.startswith("A ") for line in journal.splitlines())  # ...not written
+            shutil.copytree(tmp_path, crash_dir, ignore=shutil.ignore_patterns("crash"))  # the crash
+            gate.set()
+            runtime.stop()
+        return rid, rkey, dh, m1.msg_id, other
+
+    rid, rkey, dh, m1_id, other = anyio.run(run)
+    assert any(line.startswith("A ") for line in (tmp_path / "smp-server-messages.journal").read_text().splitlines())
+
+    async def after_crash():
+        runtime = _runtime(crash_dir)
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            c = await _memory_client(runtime, tg, identity)
+            await c.send(b"sub", rid, Sub(), rkey)
+            assert (await c.recv())[2] == SOk()
+            _, _, again = await c.recv()
+            got = await drain_queue(c, rid, rkey, dh)
+            got_other = await drain_queue(c, other[0], other[2], other[4])
+            runtime.stop()
+        return again, got, got_other
+
+    again, got, got_other = anyio.run(after_crash)
+    assert again.msg_id == m1_id  # the acknowledged message, delivered again (same msgId)
+    assert decrypt_rcv_msg_body(dh, again.msg_id, again.enc_body).body == b"first"
+    assert got == [b"first", b"second"] and got_other == [b"elsewhere"]
+
+
 # ---------------------------------------------------------------- the real program
 
 

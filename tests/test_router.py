@@ -1030,6 +1030,96 @@ def test_store_failure_rolls_back_and_answers_store_error():
     assert msgs.queues == h.router.all_messages()
 
 
+def _two_messages_delivered(h):
+    """A subscribed queue holding two durable messages, the first one delivered."""
+    r, s = h.connect(), h.connect()
+    skey = h.key()
+    sid, rid, rkey, dh = create_and_secure(r, skey.public())
+    assert s.send_recv(b"0", sid, Send(b"first"), skey)[2] == Ok()
+    assert s.send_recv(b"1", sid, Send(b"second"), skey)[2] == Ok()
+    _, _, m1 = r.recv()
+    assert dec(dh, m1) == b"first"
+    r.assert_nothing()
+    return r, s, sid, rid, rkey, skey, dh, m1
+
+
+def test_ack_reply_does_not_wait_for_its_removal_record():
+    """Only records protecting data a client was told is safe block replies (smp.md §6.3: a lost
+    removal re-delivers an acknowledged message, it loses nothing)."""
+    h = Harness(cfg(persistence=True))
+    r, s, sid, rid, rkey, skey, dh, m1 = _two_messages_delivered(h)
+    h.auto_store = False
+    r.send(b"a", rid, Ack(m1.msg_id), rkey)
+    # the reply (the next message) is out before its record is written
+    corr, ent, m2 = r.recv()
+    assert (corr, ent) == (b"a", rid) and dec(dh, m2) == b"second"
+    assert h.router.has_pending_store_writes and not h.router.store_write_urgent  # may wait for a batch
+    # a SEND after it is still held until the batch holding both records is durable
+    s.send(b"2", sid, Send(b"third"), skey)
+    s.assert_nothing()
+    assert h.router.store_write_urgent
+    w = h.router.pending_store_writes()
+    assert [line[0] for line in w.journal] == ["A", "M"]  # in order, one group commit
+    h.router.store_written()
+    h.pump()
+    assert s.recv() == (b"2", sid, Ok())
+    # GET-then-ACK: the OK to ACK is not held either
+    h.auto_store = True
+    g = h.connect()
+    rid2, sid2, rkey2, dh2, _ = create_queue(g, ED25519, sub_mode=SubscriptionMode.ONLY_CREATE)
+    assert s.send_recv(b"3", sid2, Send(b"pulled"))[2] == Ok()
+    _, _, got = g.send_recv(b"g", rid2, Get(), rkey2)
+    assert dec(dh2, got) == b"pulled"
+    h.auto_store = False
+    assert g.send_recv(b"h", rid2, Ack(got.msg_id), rkey2) == (b"h", rid2, Ok())
+    assert h.router.pending_store_writes().journal[0].startswith("A ")
+
+
+def test_failed_removal_after_ack_reply_redelivers():
+    """The ACK reply went out, then the write of its removal failed: memory is rolled back to
+    the files and the message is pushed again (a duplicate the client drops by msgId)."""
+    h = Harness(cfg(persistence=True))
+    r, s, sid, rid, rkey, skey, dh, m1 = _two_messages_delivered(h)
+    h.auto_store = False
+    r.send(b"a", rid, Ack(m1.msg_id), rkey)
+    assert dec(dh, r.recv()[2]) == b"second"
+    h.fail_next_write = "No space left on device"
+    h.flush_store()
+    h.pump()
+    _, ent, again = r.recv()
+    assert ent == rid and again.msg_id == m1.msg_id and dec(dh, again) == b"first"
+    r.assert_nothing()
+    assert [m.body for m in h.router.queue_messages(rid)] == [b"first", b"second"]
+    h.auto_store = True
+    # the protocol resumes: ACK the duplicate, then the second message again
+    _, _, nxt = r.send_recv(b"b", rid, Ack(m1.msg_id), rkey)
+    assert dec(dh, nxt) == b"second"
+    assert r.send_recv(b"c", rid, Ack(nxt.msg_id), rkey)[2] == Ok()
+    store, _ = restore_queue_store(h.queue_log)
+    assert restore_messages(h.journal, store.queues, h.now, None).queues == h.router.all_messages() == {}
+
+
+def test_crash_before_ack_removal_is_written_redelivers_only_that_message():
+    """A crash that drops the unwritten tail (the removal record of an answered ACK): after
+    restore the acknowledged message is delivered again, and nothing else is lost."""
+    h = Harness(cfg(persistence=True))
+    r, s, sid, rid, rkey, skey, dh, m1 = _two_messages_delivered(h)
+    other_rid, other_sid, _, _, _ = create_queue(r, ED25519, sub_mode=SubscriptionMode.ONLY_CREATE)
+    assert s.send_recv(b"o", other_sid, Send(b"elsewhere"))[2] == Ok()
+    h.auto_store = False
+    r.send(b"a", rid, Ack(m1.msg_id), rkey)
+    assert dec(dh, r.recv()[2]) == b"second"  # the client was told the ACK succeeded
+    assert h.router.pending_store_writes().journal[0].startswith("A ")  # ... and the crash loses it
+    h2 = restart(h)  # from what was written (h.queue_log, h.journal)
+    r2 = h2.connect()
+    (_, _, sok), (_, _, again) = r2.send_recv2(b"s", rid, Sub(), rkey)
+    assert sok == SOk() and again.msg_id == m1.msg_id and dec(dh, again) == b"first"
+    assert [m.body for m in h2.router.queue_messages(rid)] == [b"first", b"second"]
+    assert [m.body for m in h2.router.queue_messages(other_rid)] == [b"elsewhere"]
+    _, _, nxt = r2.send_recv(b"b", rid, Ack(m1.msg_id), rkey)
+    assert dec(dh, nxt) == b"second"
+
+
 def test_no_persistence_means_no_records():
     h = Harness(cfg())
     r = h.connect()

@@ -416,3 +416,123 @@ async def test_memory_pair_incomplete_block() -> None:
     await c.aclose()
     with pytest.raises(anyio.IncompleteRead):
         await s.receive_block()
+
+
+# ---------------------------------------------------------------- the router's SSLSocket stream
+
+
+@contextlib.asynccontextmanager
+async def listening(ctx: ssl.SSLContext, handler: T.Handler, **kw) -> AsyncIterator[T.BlockListener]:
+    listener = await T.create_tls_listener("127.0.0.1", 0, ctx, **kw)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield listener
+        tg.cancel_scope.cancel()
+    await listener.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("memory_bio", [False, True])
+async def test_router_stream_kind(ident: X.RouterIdentity, server_ctx: ssl.SSLContext, memory_bio: bool) -> None:
+    rec = Recorder()
+    async with listening(server_ctx, rec, memory_bio=memory_bio) as lst:
+        c = await T.connect_tls("127.0.0.1", lst.port, ident.key_hash)
+        await c.send_block(blocks(1, 6)[0])
+        assert await c.receive_block() == blocks(1, 6)[0][::-1]
+        s = rec.streams[0]
+        assert type(s) is (T.TLSBlockStream if memory_bio else T.SSLSocketBlockStream)
+        assert s.tls_unique == c.tls_unique and s.alpn == "smp/1" and s.server_side
+        await c.aclose()
+        with anyio.fail_after(5):
+            await rec.done.wait()
+    assert rec.events == ["eof"]
+
+
+@pytest.mark.anyio
+async def test_socket_stream_full_duplex_partial_writes_and_split_blocks(
+    ident: X.RouterIdentity, server_ctx: ssl.SSLContext
+) -> None:
+    """The router side sends 8 MB (more than the socket buffers hold: OpenSSL says WANT_WRITE
+    and the write is resumed) while it receives blocks that arrive in small TLS records."""
+    big = hashlib.sha256(b"big").digest() * (8 * 1024 * 1024 // 32)
+    got_blocks: list[bytes] = []
+    done = anyio.Event()
+
+    async def handler(s: T.BlockStream) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(s.send, big)
+            for _ in range(3):
+                got_blocks.append(await s.receive_block())
+        done.set()
+
+    sent = blocks(3, 7)
+    async with listening(server_ctx, handler) as lst:
+        c = await T.connect_tls("127.0.0.1", lst.port, ident.key_hash)
+        for b in sent:  # each block in 1000-byte TLS records
+            for i in range(0, len(b), 1000):
+                await c.send(b[i : i + 1000])
+        await anyio.sleep(0.2)  # the router's send is stuck on a full socket meanwhile
+        received = bytearray()
+        with anyio.fail_after(20):
+            while len(received) < len(big):
+                received += await c.receive_some(1 << 20)
+            await done.wait()
+        assert bytes(received) == big
+        assert got_blocks == sent
+        await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_socket_stream_incomplete_block_and_close_wakes_receiver(
+    ident: X.RouterIdentity, server_ctx: ssl.SSLContext
+) -> None:
+    events: list[str] = []
+    streams: list[T.BlockStream] = []
+
+    async def handler(s: T.BlockStream) -> None:
+        streams.append(s)
+        try:
+            await s.receive_block()
+        except anyio.IncompleteRead:
+            events.append("incomplete")
+        except anyio.ClosedResourceError:
+            events.append("closed")
+
+    async with listening(server_ctx, handler) as lst:
+        c = await T.connect_tls("127.0.0.1", lst.port, ident.key_hash)
+        await c.send(b"x" * 100)
+        await c.aclose()  # EOF inside a block
+        with anyio.fail_after(5):
+            while not events:
+                await anyio.sleep(0.01)
+        assert events == ["incomplete"]
+        # a receiver waiting on an idle connection is woken when another task closes the stream
+        c = await T.connect_tls("127.0.0.1", lst.port, ident.key_hash)
+        with anyio.fail_after(5):
+            while len(streams) < 2:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
+            await streams[1].aclose()
+            while len(events) < 2:
+                await anyio.sleep(0.01)
+        assert events[1] == "closed"
+        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            with anyio.fail_after(5):
+                await c.receive_block()
+        await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_handshake_timeout_closes_silent_peers(ident: X.RouterIdentity, server_ctx: ssl.SSLContext) -> None:
+    rec = Recorder()
+    async with listening(server_ctx, rec, handshake_timeout=0.3) as lst:
+        tcp = await anyio.connect_tcp("127.0.0.1", lst.port)  # never sends a ClientHello
+        with anyio.fail_after(5):
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await tcp.receive()
+        await tcp.aclose()
+        assert rec.streams == []
+        c = await T.connect_tls("127.0.0.1", lst.port, ident.key_hash)  # still serving
+        await c.send_block(blocks(1, 8)[0])
+        assert await c.receive_block() == blocks(1, 8)[0][::-1]
+        await c.aclose()

@@ -8,7 +8,10 @@ Durability rules:
 
 * :meth:`StoreFiles.append` writes one batch of lines to both files and fsyncs both before
   returning; the router releases the responses that depend on the batch only after that
-  (``OK`` to ``SEND`` is sent after the message is on disk).
+  (``OK`` to ``SEND`` is sent after the message is on disk). The removal of a message by
+  ``ACK`` is in the same ordered batches, but its reply does not wait for it: a crash that loses
+  it re-delivers an acknowledged message (allowed, smp.md §6.3), never loses one
+  (:mod:`sansio_smp.router`, "Persistence contract").
 * A write that fails (disk full, I/O error) truncates both files back to their last good size,
   so the files never keep a partial record, and raises :class:`StoreWriteError`.
 * A crash (SIGKILL, power loss) can leave a torn last line: it was never fsync'd completely,

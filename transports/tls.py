@@ -21,7 +21,14 @@ TLS settings (reference ``defaultSupportedParams``, smp.md §2.1, §2.8):
 
 Streams: :class:`BlockStream` is the interface every transport here (and
 :mod:`transports.memory`) implements — exact-size block reads, raw sends, ``tls_unique``,
-``peer_chain_der``, ``alpn``.
+``peer_chain_der``, ``alpn``. Routers (:func:`create_tls_listener`) use
+:class:`SSLSocketBlockStream`: a non-blocking :class:`ssl.SSLSocket` that OpenSSL reads and
+writes itself, driven by ``anyio.wait_readable``/``wait_writable`` — with
+``SSL_MODE_RELEASE_BUFFERS`` (set by CPython) OpenSSL frees its record buffers while a
+connection is idle. Clients (:func:`connect_tls`) use :class:`TLSBlockStream` over anyio's
+``TLSStream`` (two ``ssl.MemoryBIO`` s over an asyncio transport; the BIOs keep their largest size,
+~21 KB each after one 16 KB block, for the connection's life — which matters on a router with
+many idle connections, not on a client).
 
 ``tls_unique`` (smp.md §2.5): CPython's ``get_channel_binding("tls-unique")`` returns
 ``SSL_get_finished`` on the client and ``SSL_get_peer_finished`` on the server (for a new
@@ -48,6 +55,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
@@ -346,7 +354,23 @@ def _peer_chain_der(ssl_object: ssl.SSLObject) -> list[bytes]:
     return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in chain]
 
 
-class TLSBlockStream(BlockStream):
+class _TLSFacts(BlockStream):
+    """The facts of an established TLS session (``ssl.SSLObject`` or ``ssl.SSLSocket``)."""
+
+    def _read_session(self, obj: ssl.SSLObject | ssl.SSLSocket) -> None:
+        self.server_side = obj.server_side
+        self.tls_unique = obj.get_channel_binding("tls-unique")
+        self.alpn = obj.selected_alpn_protocol()
+        self.peer_chain_der = _peer_chain_der(obj)  # type: ignore[arg-type]
+        self.sni = getattr(obj, "smp_sni", None)
+        cipher = obj.cipher()
+        self.cipher: str | None = cipher[0] if cipher else None
+        self.tls_version: str | None = obj.version()
+        #: the classified, validated router chain (set by :func:`connect_tls`)
+        self.chain: ChainCertificates | None = None
+
+
+class TLSBlockStream(_TLSFacts):
     """:class:`BlockStream` over an anyio :class:`~anyio.streams.tls.TLSStream` (already
     handshaken). ``aclose`` closes the socket without waiting for the peer's close_notify."""
 
@@ -355,16 +379,7 @@ class TLSBlockStream(BlockStream):
         self.tls = tls
         obj: ssl.SSLObject = tls.extra(TLSAttribute.ssl_object)
         self.ssl_object = obj
-        self.server_side = obj.server_side
-        self.tls_unique = obj.get_channel_binding("tls-unique")
-        self.alpn = obj.selected_alpn_protocol()
-        self.peer_chain_der = _peer_chain_der(obj)
-        self.sni = getattr(obj, "smp_sni", None)
-        cipher = obj.cipher()
-        self.cipher: str | None = cipher[0] if cipher else None
-        self.tls_version: str | None = obj.version()
-        #: the classified, validated router chain (set by :func:`connect_tls`)
-        self.chain: ChainCertificates | None = None
+        self._read_session(obj)
 
     async def _receive_raw(self, max_bytes: int) -> bytes:
         return await self.tls.receive(max_bytes)
@@ -374,6 +389,100 @@ class TLSBlockStream(BlockStream):
 
     async def _close_raw(self) -> None:
         await self.tls.aclose()
+
+
+class SSLSocketBlockStream(_TLSFacts):
+    """:class:`BlockStream` over a non-blocking :class:`ssl.SSLSocket` (already handshaken, see
+    :func:`tls_handshake_socket`): OpenSSL reads and writes the socket itself; the stream waits
+    with ``anyio.wait_readable``/``wait_writable`` when OpenSSL wants to.
+
+    Same behaviour as :class:`TLSBlockStream` (EOF, ragged EOF = ``EndOfStream``; errors =
+    ``BrokenResourceError``; ``aclose`` closes without close_notify), with less memory per idle
+    connection: no ``MemoryBIO`` s and no asyncio transport buffers, and OpenSSL releases its
+    record buffers between records. One task may receive while another sends (OpenSSL allows a
+    write while a non-blocking read waits for data; both run on the event loop thread)."""
+
+    def __init__(self, sock: ssl.SSLSocket, block_size: int = BLOCK_SIZE) -> None:
+        super().__init__(block_size)
+        self.sock = sock
+        self.ssl_object = sock
+        self._read_session(sock)
+
+    async def _wait(self, writable: bool) -> None:
+        try:
+            await (anyio.wait_writable if writable else anyio.wait_readable)(self.sock)
+        except anyio.BusyResourceError:
+            # The other direction's task already waits for this readiness (OpenSSL needs to
+            # read while writing, or the reverse — a TLS 1.3 post-handshake message): it will
+            # make OpenSSL progress; poll meanwhile.
+            await anyio.sleep(0.001)
+
+    async def _receive_raw(self, max_bytes: int) -> bytes:
+        await anyio.lowlevel.checkpoint()  # a fast peer must not starve the other tasks
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = self.sock.recv(max_bytes)
+            except ssl.SSLWantReadError:
+                await self._wait(writable=False)
+                continue
+            except ssl.SSLWantWriteError:
+                await self._wait(writable=True)
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                raise anyio.EndOfStream from None
+            except (ssl.SSLError, OSError) as e:
+                raise anyio.BrokenResourceError from e
+            if not data:  # close_notify, or a TCP FIN without it (suppress_ragged_eofs)
+                raise anyio.EndOfStream
+            return data
+
+    async def receive_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, reading no more than that from OpenSSL (a block is usually one
+        TLS record: one ``recv``, no copies)."""
+        if self._buffer:  # pragma: no cover - only receive_some could leave bytes; it never does here
+            return await super().receive_exactly(n)
+        data = await self._receive_raw(n)
+        if len(data) == n:
+            return data
+        parts, got = [data], len(data)
+        while got < n:
+            try:
+                data = await self._receive_raw(n - got)
+            except anyio.EndOfStream:
+                raise anyio.IncompleteRead from None
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    async def _send_raw(self, data: bytes) -> None:
+        await anyio.lowlevel.checkpoint()
+        view = memoryview(data)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                # all of it or SSLWant*Error (no SSL_MODE_ENABLE_PARTIAL_WRITE); a retry passes
+                # the same bytes (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER is set by CPython)
+                n = self.sock.send(view)
+            except ssl.SSLWantWriteError:
+                await self._wait(writable=True)
+                continue
+            except ssl.SSLWantReadError:
+                await self._wait(writable=False)
+                continue
+            except (ssl.SSLError, OSError) as e:
+                raise anyio.BrokenResourceError from e
+            view = view[n:]
+
+    async def _close_raw(self) -> None:
+        # wake a task waiting on the socket (ClosedResourceError) before the fd can be reused
+        try:
+            anyio.notify_closing(self.sock)
+        except Exception:  # pragma: no cover - no running event loop
+            pass
+        self.sock.close()
 
 
 class TCPBlockStream(BlockStream):
@@ -409,7 +518,13 @@ class TCPBlockStream(BlockStream):
 def _set_keepalive(stream: anyio.abc.ByteStream) -> None:
     """TCP keep-alive 30 s idle / 15 s interval / 4 probes (best effort, smp.md §3.7)."""
     try:
-        sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        _set_socket_keepalive(stream.extra(SocketAttribute.raw_socket))
+    except anyio.TypedAttributeLookupError:  # pragma: no cover - not a socket
+        pass
+
+
+def _set_socket_keepalive(sock: socket.socket) -> None:
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for opt, value in (
             ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
@@ -418,7 +533,7 @@ def _set_keepalive(stream: anyio.abc.ByteStream) -> None:
         ):
             if hasattr(socket, opt):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
-    except (OSError, anyio.TypedAttributeLookupError):  # pragma: no cover - platform specific
+    except OSError:  # pragma: no cover - platform specific
         pass
 
 
@@ -429,6 +544,37 @@ async def _tls_handshake(stream: anyio.abc.ByteStream, ctx: ssl.SSLContext, serv
         )
     except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as e:
         raise TLSHandshakeError(f"TLS handshake failed: {e!r}") from e
+
+
+async def tls_handshake_socket(
+    raw: socket.socket, ctx: ssl.SSLContext, server_side: bool, server_hostname: str | None = None
+) -> ssl.SSLSocket:
+    """Run the TLS handshake on a connected socket, non-blocking, and return the
+    :class:`ssl.SSLSocket` (it owns the file descriptor from then on). The socket is closed on
+    any failure or cancellation; TLS/socket errors raise :class:`TLSHandshakeError`."""
+    raw.setblocking(False)
+    try:
+        sock = ctx.wrap_socket(
+            raw, server_side=server_side, do_handshake_on_connect=False, server_hostname=server_hostname
+        )
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raw.close()
+        raise TLSHandshakeError(f"TLS handshake failed: {e!r}") from e
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return sock
+            except ssl.SSLWantReadError:
+                await anyio.wait_readable(sock)
+            except ssl.SSLWantWriteError:
+                await anyio.wait_writable(sock)
+    except (ssl.SSLError, OSError) as e:
+        sock.close()
+        raise TLSHandshakeError(f"TLS handshake failed: {e!r}") from e
+    except BaseException:
+        sock.close()
+        raise
 
 
 async def connect_tls(
@@ -479,6 +625,66 @@ async def connect_tcp_block(
 Handler = Callable[[BlockStream], Awaitable[Any]]
 
 
+class SocketListener(anyio.abc.Listener[socket.socket]):
+    """Accepts plain non-blocking :class:`socket.socket` s (TCP_NODELAY and keep-alive set) on
+    the bound sockets of an anyio TCP listener, for OpenSSL to own (anyio's own ``accept``
+    would wrap each in an asyncio transport). Extra attributes (``local_port``...) are the
+    anyio listener's; ``aclose`` closes it."""
+
+    def __init__(self, inner: anyio.abc.Listener[Any]) -> None:
+        self.inner = inner
+        listeners = getattr(inner, "listeners", None) or [inner]
+        self.sockets: list[socket.socket] = [lst.extra(SocketAttribute.raw_socket) for lst in listeners]
+        self._closed = False
+
+    @property
+    def extra_attributes(self) -> Any:
+        return self.inner.extra_attributes
+
+    async def serve(self, handler: Callable[[socket.socket], Any], task_group: anyio.abc.TaskGroup | None = None) -> None:
+        async with anyio.create_task_group() as own:
+            for sock in self.sockets:
+                own.start_soon(self._accept_loop, sock, handler, task_group or own)
+
+    async def _accept_loop(self, lsock: socket.socket, handler: Callable[[socket.socket], Any], tg: anyio.abc.TaskGroup) -> None:
+        while not self._closed:
+            try:
+                await anyio.wait_readable(lsock)
+            except anyio.ClosedResourceError:
+                return
+            try:
+                conn, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:  # EMFILE, ENOBUFS...: keep listening
+                if self._closed:
+                    return
+                log.warning("accept failed: %s", e.strerror or e)
+                await anyio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio transports do
+            except OSError:  # pragma: no cover
+                pass
+            _set_socket_keepalive(conn)
+            tg.start_soon(handler, conn)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for sock in self.sockets:
+                anyio.notify_closing(sock)
+        await self.inner.aclose()
+
+
+async def _discard_connection(raw: Any) -> None:
+    if isinstance(raw, socket.socket):
+        raw.close()
+    else:
+        await anyio.aclose_forcefully(raw)
+
+
 class BlockListener:
     """Accepts TCP connections and turns each into a :class:`BlockStream` (TLS handshake with
     a time limit, or plain) before calling the handler; the stream is closed when the handler
@@ -505,7 +711,7 @@ class BlockListener:
                     stream = await self._wrap(raw)
             except Exception as e:
                 log.debug("connection setup failed: %r", e)
-                await anyio.aclose_forcefully(raw)
+                await _discard_connection(raw)
                 return
             try:
                 await handler(stream)
@@ -531,15 +737,25 @@ async def create_tls_listener(
     *,
     block_size: int = BLOCK_SIZE,
     handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT,
+    memory_bio: bool = False,
 ) -> BlockListener:
-    """A TLS router listener (``port=0`` picks a free port, see :attr:`BlockListener.port`)."""
+    """A TLS router listener (``port=0`` picks a free port, see :attr:`BlockListener.port`).
+
+    Connections are :class:`SSLSocketBlockStream` s; ``memory_bio=True`` gives anyio
+    ``TLSStream`` -based :class:`TLSBlockStream` s instead (the previous transport)."""
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    if memory_bio:
 
-    async def wrap(raw: anyio.abc.ByteStream) -> BlockStream:
-        _set_keepalive(raw)
-        return TLSBlockStream(await _tls_handshake(raw, ssl_context, server_side=True), block_size)
+        async def wrap_bio(raw: anyio.abc.ByteStream) -> BlockStream:
+            _set_keepalive(raw)
+            return TLSBlockStream(await _tls_handshake(raw, ssl_context, server_side=True), block_size)
 
-    return BlockListener(listener, wrap, handshake_timeout)
+        return BlockListener(listener, wrap_bio, handshake_timeout)
+
+    async def wrap(raw: socket.socket) -> BlockStream:
+        return SSLSocketBlockStream(await tls_handshake_socket(raw, ssl_context, server_side=True), block_size)
+
+    return BlockListener(SocketListener(listener), wrap, handshake_timeout)
 
 
 async def create_tcp_block_listener(
@@ -587,6 +803,8 @@ __all__: Iterable[str] = (
     "ChainCertificates",
     "DEFAULT_SMP_PORT",
     "SERVER_ALPN",
+    "SSLSocketBlockStream",
+    "SocketListener",
     "TCPBlockStream",
     "TLSBlockStream",
     "TLSHandshakeError",
@@ -598,4 +816,5 @@ __all__: Iterable[str] = (
     "restrict_tls_parameters",
     "serve_tls",
     "server_ssl_context",
+    "tls_handshake_socket",
 )
