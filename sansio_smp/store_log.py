@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Iterable, Union
+from typing import Iterable, Iterator, Union
 
 import attrs
 
@@ -771,18 +771,20 @@ class QueueStore:
         return out
 
 
+
+def _numbered_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:
+    """Non-empty lines without their line ending, numbered from 1 (for warnings)."""
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip(b"\r\n") if isinstance(line, bytes) else line.rstrip("\r\n")
+        if line:
+            yield n, line
+
 def restore_queue_store(lines: Iterable[str | bytes]) -> tuple[QueueStore, list[str]]:
     """Replay store-log lines (``readQueueStore``): bad or inapplicable lines are skipped and
     reported as warnings (the reference logs and skips them)."""
     store = QueueStore()
     warnings: list[str] = []
-    for n, line in enumerate(lines, 1):
-        if isinstance(line, bytes):
-            line = line.rstrip(b"\r\n")
-        else:
-            line = line.rstrip("\r\n")
-        if not line:
-            continue
+    for n, line in _numbered_lines(lines):
         try:
             store.apply(parse_record(line))
         except ParseError as e:
@@ -900,13 +902,7 @@ def restore_messages(
     """
     queues: dict[bytes, list[Message]] = {}
     warnings: list[str] = []
-    for n, line in enumerate(lines, 1):
-        if isinstance(line, bytes):
-            line = line.rstrip(b"\r\n")
-        else:
-            line = line.rstrip("\r\n")
-        if not line:
-            continue
+    for n, line in _numbered_lines(lines):
         try:
             r = parse_journal_record(line)
         except ParseError as e:
