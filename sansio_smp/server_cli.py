@@ -22,6 +22,9 @@ INI options (reference names where the reference has one, smp.md §6.11):
 * ``[TRANSPORT]`` ``host`` (printed in the address), ``port`` (comma list; default 5223),
   ``listen`` (bind address, default all interfaces)
 * ``[SERVER]`` ``msg_queue_quota`` (default 128), ``pending_end_interval`` (seconds, default 15)
+* ``[INACTIVE_CLIENTS]`` ``disconnect`` (on/off; off when absent, ``init`` writes on), ``ttl`` and
+  ``check_interval`` (whole seconds, both required when on; ``init`` writes 21600 and 3600):
+  close connections without subscriptions idle for ``ttl`` (smp.md §3.7)
 
 Logs never contain client addresses or queue ids.
 """
@@ -41,6 +44,7 @@ import attrs
 
 from .crypto import KeyAlgorithm
 from .encoding import b64url_encode
+from .expiration import DEFAULT_INACTIVE_CLIENT_CHECK, DEFAULT_INACTIVE_CLIENT_TTL, InactiveClients
 from .x509 import (
     RouterIdentity,
     der_to_pem,
@@ -98,6 +102,7 @@ class ServerSettings:
     create_password: str | None = None
     msg_queue_quota: int = DEFAULT_QUOTA
     pending_end_interval: float = DEFAULT_PENDING_END
+    inactive_clients: InactiveClients | None = None  # [INACTIVE_CLIENTS] disconnect = off
 
     @property
     def message_ttl(self) -> int | None:
@@ -113,6 +118,20 @@ def _on_off(value: str, name: str) -> bool:
     if v in ("off", "false", "no", "0"):
         return False
     raise CLIError(f"{name}: expected on or off, got {value!r}")
+
+
+def _inactive_seconds(value: str | None, key: str) -> int:
+    """``readStrictIni``: with ``disconnect = on`` the key is required (a whole number)."""
+    name = f"[INACTIVE_CLIENTS] {key}"
+    if value is None:
+        raise CLIError(f"{name} is required when [INACTIVE_CLIENTS] disconnect = on")
+    try:
+        n = int(value)
+    except ValueError as e:
+        raise CLIError(f"{name}: not a whole number of seconds: {value!r}") from e
+    if n <= 0:
+        raise CLIError(f"{name}: must be positive")
+    return n
 
 
 def load_settings(directory: str) -> ServerSettings:
@@ -155,6 +174,12 @@ def load_settings(directory: str) -> ServerSettings:
         raise CLIError("[SERVER] msg_queue_quota must be at least 1")
     ttl_days = number("STORE_LOG", "expire_messages_days", DEFAULT_TTL_DAYS)
     store_log = flag("STORE_LOG", "enable", True)
+    inactive = None
+    if flag("INACTIVE_CLIENTS", "disconnect", False):  # settingIsOn: absent = off
+        inactive = InactiveClients(
+            _inactive_seconds(get("INACTIVE_CLIENTS", "ttl"), "ttl"),
+            _inactive_seconds(get("INACTIVE_CLIENTS", "check_interval"), "check_interval"),
+        )
     return ServerSettings(
         directory=directory,
         host=get("TRANSPORT", "host") or "127.0.0.1",
@@ -172,6 +197,7 @@ def load_settings(directory: str) -> ServerSettings:
         create_password=password,
         msg_queue_quota=quota,
         pending_end_interval=number("SERVER", "pending_end_interval", DEFAULT_PENDING_END, float),
+        inactive_clients=inactive,
     )
 
 
@@ -213,6 +239,12 @@ port = {port}
 msg_queue_quota = {DEFAULT_QUOTA}
 # Seconds between flushes of END/DELD events to replaced subscribers.
 pending_end_interval = {int(DEFAULT_PENDING_END)}
+
+[INACTIVE_CLIENTS]
+# TTL and interval to check inactive clients
+disconnect = on
+ttl = {DEFAULT_INACTIVE_CLIENT_TTL}
+check_interval = {DEFAULT_INACTIVE_CLIENT_CHECK}
 """
 
 

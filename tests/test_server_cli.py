@@ -161,3 +161,31 @@ def test_ini_options(tmp_path, capsys):
     ini.write_text(text.replace("msg_queue_quota = 7", "msg_queue_quota = lots"))
     with pytest.raises(server_cli.CLIError):
         server_cli.load_settings(str(d))
+
+
+def test_inactive_clients_ini(tmp_path, capsys):
+    """[INACTIVE_CLIENTS] (smp.md §3.7): ``init`` writes disconnect = on, ttl 21600, check 3600
+    (Main/Init.hs); an absent section or disconnect = off is off; with on both keys are required."""
+    from sansio_smp.expiration import InactiveClients
+
+    d = tmp_path / "srv"
+    run(capsys, "init", "--dir", str(d), "--no-password")
+    ini = d / "smp-server.ini"
+    text = ini.read_text()
+    assert "[INACTIVE_CLIENTS]\n# TTL and interval to check inactive clients\ndisconnect = on\nttl = 21600\ncheck_interval = 3600\n" in text
+    assert server_cli.load_settings(str(d)).inactive_clients == InactiveClients(21600, 3600)
+
+    def settings_with(section: str):  # type: ignore[no-untyped-def]
+        head = text[: text.index("[INACTIVE_CLIENTS]")]
+        ini.write_text(head + section)
+        return server_cli.load_settings(str(d))
+
+    assert settings_with("[INACTIVE_CLIENTS]\ndisconnect = on\nttl = 60\ncheck_interval = 5\n").inactive_clients == InactiveClients(60, 5)
+    assert settings_with("[INACTIVE_CLIENTS]\ndisconnect = off\nttl = 60\ncheck_interval = 5\n").inactive_clients is None
+    assert settings_with("[INACTIVE_CLIENTS]\ndisconnect = off\n").inactive_clients is None
+    assert settings_with("").inactive_clients is None  # no section: settingIsOn gives Nothing
+    for bad in ("disconnect = on\nttl = 60\n", "disconnect = on\ncheck_interval = 5\n",
+                "disconnect = on\nttl = 6h\ncheck_interval = 5\n", "disconnect = on\nttl = 0\ncheck_interval = 5\n",
+                "disconnect = maybe\nttl = 60\ncheck_interval = 5\n"):
+        with pytest.raises(server_cli.CLIError):
+            settings_with("[INACTIVE_CLIENTS]\n" + bad)

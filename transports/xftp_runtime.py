@@ -37,6 +37,7 @@ import attrs
 from sansio_smp.addresses import ProtocolServer, ServerWithAuth
 from sansio_smp.crypto import KeyAlgorithm, PrivateKey, PublicKey, SecretBoxStream
 from sansio_smp.errors import ParseError
+from sansio_smp.expiration import InactiveClients, client_inactive
 from transports.http2 import ClientResponse, H2ClientConnection, H2ServerConnection, HTTP2Error, ServerRequest
 from transports.store_files import AppendFile, read_complete_lines, write_file_atomically
 from transports.tls import (
@@ -57,13 +58,11 @@ from xftp import store_log as sl
 from xftp.links import fragment_of_link
 from xftp.server import (
     DrainChunk,
-    InactiveClients,
     ReceiveChunk,
     Respond,
     SendChunk,
     ServerConfig,
     XFTPServer,
-    client_inactive,
 )
 
 log = logging.getLogger("xftp")

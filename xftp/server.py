@@ -22,6 +22,12 @@ import attrs
 from sansio_smp.crypto import KeyAlgorithm, PrivateKey, PublicKey
 from sansio_smp.encoding import b64url_encode
 from sansio_smp.errors import CryptoError
+from sansio_smp.expiration import (  # shared with the SMP router; re-exported here
+    DEFAULT_INACTIVE_CLIENT_CHECK,
+    DEFAULT_INACTIVE_CLIENT_TTL,
+    InactiveClients,
+    client_inactive,
+)
 
 from . import protocol as p
 from .file_crypto import SERVER_CHUNK_SIZES
@@ -45,31 +51,6 @@ ID_RETRIES = 3
 
 def rounded_time(now: float) -> int:
     return int(now) // FILE_TIME_PRECISION * FILE_TIME_PRECISION
-
-
-# ---------------------------------------------------------------- inactive clients
-
-
-DEFAULT_INACTIVE_CLIENT_TTL = 21600  # seconds (defaultInactiveClientExpiration: 6 hours)
-DEFAULT_INACTIVE_CLIENT_CHECK = 3600  # seconds (every hour)
-
-
-@attrs.frozen
-class InactiveClients:
-    """``[INACTIVE_CLIENTS] disconnect = on`` (``inactiveClientExpiration``, xftp-ntf.md §1.13):
-    every ``check_interval`` seconds (first check one interval after connecting) a connection
-    whose last HTTP/2 request — any request: handshake, PING, any command — started more than
-    ``ttl`` seconds ago is closed."""
-
-    ttl: float = DEFAULT_INACTIVE_CLIENT_TTL
-    check_interval: float = DEFAULT_INACTIVE_CLIENT_CHECK
-
-
-def client_inactive(active_at: float, now: float, ttl: float) -> bool:
-    """Whether a connection last active at ``active_at`` is expired at ``now`` (``Transport/
-    HTTP2/Server.hs`` ``expireInactiveClient``: ``activeAt < now - ttl``; the reference compares
-    whole seconds, so it may disconnect up to a second later than this)."""
-    return active_at < now - ttl
 
 
 # ---------------------------------------------------------------- store
