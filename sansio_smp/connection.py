@@ -165,11 +165,17 @@ class _BlockConnection:
             self.state = ConnectionState.CLOSED
             partial = " mid-block" if self._in else ""
             return [ConnectionClosed(f"peer closed the connection{partial}")]
-        self._in += data
+        if self._in:
+            self._in += data
+            data = bytes(self._in)
+            self._in.clear()
+        # whole blocks are sliced out of ``data`` (no copy when it is exactly one block); a
+        # partial block waits in ``self._in``
+        bs, pos, end = self.block_size, 0, len(data)
         events: list[Event] = []
-        while len(self._in) >= self.block_size and self.state not in (ConnectionState.CLOSED, ConnectionState.ERROR):
-            block = bytes(self._in[: self.block_size])
-            del self._in[: self.block_size]
+        while end - pos >= bs and self.state not in (ConnectionState.CLOSED, ConnectionState.ERROR):
+            block = data if end == bs and type(data) is bytes else bytes(data[pos : pos + bs])
+            pos += bs
             try:
                 if self.state is ConnectionState.HANDSHAKE:
                     events.extend(self._handshake_block(block))
@@ -178,6 +184,8 @@ class _BlockConnection:
             except TransportError as e:
                 self.state = ConnectionState.ERROR
                 events.append(ConnectionClosed(str(e)))
+        if pos < end:
+            self._in += data[pos:]
         return events
 
     def _transport_block(self, block: bytes) -> list[Event]:

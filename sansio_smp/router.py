@@ -415,6 +415,13 @@ class Router:
     def connection_count(self) -> int:
         return len(self.clients)
 
+    def has_subscriptions(self, conn_id: ConnId) -> bool:
+        """Whether the connection holds a queue (``SUB``, ``NEW`` with subscribe) or notifier
+        (``NSUB``) subscription: the reference's ``subClients`` membership, which keeps a
+        connection from the inactive-client disconnect (smp.md §3.7). ``GET`` does not count."""
+        cl = self.clients.get(conn_id)
+        return cl is not None and (bool(cl.ntf_subs) or any(not s.get_mode for s in cl.subs.values()))
+
     # ------------------------------------------------------------ events
 
     def handle_events(self, conn_id: ConnId, events: Iterable[object], now: float) -> None:
@@ -1044,8 +1051,11 @@ class Router:
 
     def next_timer(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work to do, or ``None``."""
-        times = [t for t in (self._events_due, self._ntfs_due, self._expire_due) if t is not None]
-        return min(times) if times else None
+        due = None  # (no list: the runtime asks after every block)
+        for t in (self._events_due, self._ntfs_due, self._expire_due):
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
 
     def _maybe_start_expiry(self, now: float) -> None:
         if self._expire_due is None:

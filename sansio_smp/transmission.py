@@ -79,13 +79,13 @@ def encode_transmission(
     service_sig: bytes | None = None,
 ) -> bytes:
     """Encode one transmission (``tEncode``); ``auth`` must already be computed."""
-    head = sb(auth)
+    parts = [sb(auth)]
     if params.service_auth and auth:
-        head += b"0" if service_sig is None else b"1" + sb(service_sig)
-    body = sb(corr_id) + sb(entity_id) + command
+        parts.append(b"0" if service_sig is None else b"1" + sb(service_sig))
     if not params.implied_session:
-        body = sb(params.session_id) + body
-    return head + body
+        parts.append(sb(params.session_id))
+    parts += (sb(corr_id), sb(entity_id), command)
+    return b"".join(parts)  # one copy of a (possibly 16 KB) command
 
 
 def parse_transmission(params: TransmissionParams, data: bytes) -> Transmission:
@@ -97,11 +97,11 @@ def parse_transmission(params: TransmissionParams, data: bytes) -> Transmission:
         service_sig = r.maybe(lambda rr: rr.sb())
         if service_sig is not None and len(service_sig) != ED25519_SIG_SIZE:
             raise ParseError("service signature must be an Ed25519 signature")
-    authorized = r.data[r.pos :]
     if params.implied_session:
         session_id = params.session_id
-        authorized = sb(params.session_id) + authorized
+        authorized = sb(params.session_id) + memoryview(r.data)[r.pos :]  # one copy of ~16 KB
     else:
+        authorized = r.data[r.pos :]
         session_id = r.sb()
     corr_id = r.sb()
     entity_id = r.sb()
@@ -134,6 +134,9 @@ def batch_transmissions(transmissions: Sequence[bytes], block_size: int = SMP_BL
     partial one (smp.md §3.6). Results come back in transmission order.
     """
     budget = block_size - BATCH_OVERHEAD
+    if len(transmissions) == 1 and len(transmissions[0]) <= min(0xFFFF, budget - 2):  # the usual single reply
+        t = transmissions[0]
+        return [Batch(b"".join((b"\x01", len(t).to_bytes(2, "big"), t)), (0,))]
     out: list[Batch | TooLarge] = []  # built in reverse, reversed at the end
     cur: list[bytes] = []
     cur_idx: list[int] = []
@@ -172,6 +175,8 @@ def encode_batch1(transmission: bytes) -> bytes:
 
 def parse_batch(payload: bytes) -> list[bytes]:
     """Split a block payload into transmissions; it must parse exactly (``tParse``)."""
+    if type(payload) is bytes and len(payload) >= 3 and payload[0] == 1 and int.from_bytes(payload[1:3], "big") == len(payload) - 3:
+        return [payload[3:]]  # one transmission, exactly (the common case)
     r = Reader(payload)
     n = r.byte()
     if n == 0:
@@ -188,7 +193,15 @@ def pad_block(payload: bytes, block_size: int = SMP_BLOCK_SIZE) -> bytes:
     """Unencrypted block: ``w16(len) ‖ payload ‖ '#'…`` (smp.md §3.1)."""
     if len(payload) > block_size - 2:
         raise LocalProtocolError("payload does not fit in a block")
-    return pad(payload, block_size)
+    return _pad(payload, block_size)
+
+
+def _pad(message: bytes, padded_len: int) -> bytes:
+    """:func:`~sansio_smp.encoding.pad` with one copy of the message (blocks are 16 KB)."""
+    n = len(message)
+    if n > 65533 or n + 2 > padded_len:
+        raise LocalProtocolError(f"message of {n} bytes does not fit padded length {padded_len}")
+    return b"".join((n.to_bytes(2, "big"), message, b"#" * (padded_len - n - 2)))
 
 
 def unpad_block(block: bytes) -> bytes:
@@ -221,7 +234,7 @@ class BlockCipher:
 
     def encrypt(self, payload: bytes) -> bytes:
         key, nonce = self._step()
-        return crypto.secretbox_seal(key, nonce, pad(payload, self.block_size - crypto.TAG_SIZE))
+        return crypto.secretbox_seal(key, nonce, _pad(payload, self.block_size - crypto.TAG_SIZE))
 
     def decrypt(self, block: bytes) -> bytes:
         """Decrypt one block to its payload; :class:`CryptoError` if tampered."""

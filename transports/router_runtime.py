@@ -16,6 +16,11 @@
 * SIGTERM/SIGINT: stop accepting, wait until every record is on disk, flush the responses,
   close the connections and the files. SIGKILL loses nothing that was acknowledged (the store
   files recover a torn last line at start).
+* ``[INACTIVE_CLIENTS]`` (``disconnectTransport``, smp.md §3.7): with an
+  :class:`~sansio_smp.expiration.InactiveClients` setting, one task checks every
+  ``check_interval`` seconds and closes each connection that holds no subscription
+  (:meth:`Router.has_subscriptions`) and has neither received nor sent a block for over ``ttl``
+  seconds (the reference runs one such loop per connection; the bound is the same).
 * Logs carry no client addresses and no queue ids (connections are numbered).
 """
 
@@ -35,6 +40,7 @@ import anyio
 import anyio.abc
 
 from sansio_smp.connection import ConnectionClosed, ConnectionState, RouterConnection, TransmissionError
+from sansio_smp.expiration import InactiveClients, client_inactive
 from sansio_smp.router import Router, RouterConfig
 from sansio_smp.store_log import QueueStore
 from sansio_smp.x509 import RouterIdentity
@@ -52,9 +58,9 @@ LAZY_WRITE_DELAY = 0.1  # longest wait of records no reply depends on (ACK remov
 
 
 class _Peer:
-    __slots__ = ("conn_id", "stream", "rc", "buf", "size", "wake", "closing")
+    __slots__ = ("conn_id", "stream", "rc", "buf", "size", "wake", "closing", "active_at", "receive_scope", "sending", "retry")
 
-    def __init__(self, conn_id: int, stream: BlockStream, rc: RouterConnection) -> None:
+    def __init__(self, conn_id: int, stream: BlockStream, rc: RouterConnection, now: float) -> None:
         self.conn_id = conn_id
         self.stream = stream
         self.rc = rc
@@ -62,6 +68,10 @@ class _Peer:
         self.size = 0
         self.wake = anyio.Event()
         self.closing = False
+        self.active_at = now  # last block received or sent (rcvActiveAt/sndActiveAt, smp.md §3.7)
+        self.receive_scope = anyio.CancelScope()
+        self.sending = False  # the sender task is writing (then new output queues behind it)
+        self.retry = False  # buf[0] is the rest of an unfinished write: send it alone, as is
 
 
 class RouterRuntime:
@@ -75,6 +85,7 @@ class RouterRuntime:
         *,
         clock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        inactive_clients: InactiveClients | None = None,
     ) -> None:
         self.router = router
         self.identity = identity
@@ -82,6 +93,8 @@ class RouterRuntime:
         self.store = store
         self.clock = clock
         self.random_bytes = random_bytes
+        self.inactive_clients = inactive_clients
+        self.inactive_disconnects = 0
         self.peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)
         self._store_wake = anyio.Event()
@@ -104,6 +117,10 @@ class RouterRuntime:
             if peer is None:
                 continue
             data = peer.rc.data_to_send()
+            if data and not (peer.buf or peer.sending or peer.closing):
+                rest = self._send_now(peer, data)
+                peer.retry = bool(rest) and rest is not data  # a write was begun: finish it as is
+                data = rest
             if data:
                 peer.buf.append(data)
                 peer.size += len(data)
@@ -114,6 +131,20 @@ class RouterRuntime:
         t = self.router.next_timer()
         if t is not None and (self._timer_target is None or t < self._timer_target):
             self._timer_wake.set()
+
+    def _send_now(self, peer: _Peer, data: bytes) -> bytes | memoryview:
+        """Write straight to an idle connection when its socket takes the bytes at once (no task
+        switch to the sender); returns what is left for the sender task (``b""``: all sent)."""
+        try:
+            rest = peer.stream.send_nowait(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            log.debug("connection %d: send failed: %r", peer.conn_id, e)
+            peer.closing = True
+            peer.buf.clear()
+            return b""
+        if len(rest) < len(data):
+            peer.active_at = self.clock()
+        return rest
 
     # ------------------------------------------------------------ connections
 
@@ -131,7 +162,7 @@ class RouterRuntime:
             random_bytes=self.random_bytes,
             alpn=stream.alpn,
         )
-        peer = _Peer(cid, stream, rc)
+        peer = _Peer(cid, stream, rc, self.clock())
         self.peers[cid] = peer
         self.router.connect(cid, rc)
         log.debug("connection %d opened (%d open)", cid, len(self.peers))
@@ -139,7 +170,8 @@ class RouterRuntime:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._sender, peer)
                 try:
-                    await self._receiver(peer)
+                    with peer.receive_scope:
+                        await self._receiver(peer)
                 finally:
                     # give queued responses a moment to go out, then stop the sender
                     with anyio.move_on_after(1.0, shield=True):
@@ -167,9 +199,21 @@ class RouterRuntime:
             except Exception as e:  # TLS errors surface as various exceptions
                 log.debug("connection %d: read failed: %r", peer.conn_id, e)
                 block = b""
+            if block:
+                peer.active_at = self.clock()
             events = rc.receive_data(block)
             self._log_bad_input(peer.conn_id, events, rc.state)
             self.router.handle_events(peer.conn_id, events, self.clock())
+            # Blocks the peer sent back to back are handled before the output is handed on: their
+            # replies leave in one write (one send syscall and one event-loop pass per batch).
+            while block and rc.state is ConnectionState.ESTABLISHED and not peer.closing:
+                more = peer.stream.receive_block_nowait()
+                if more is None:
+                    break
+                events = rc.receive_data(more)
+                del more
+                self._log_bad_input(peer.conn_id, events, rc.state)
+                self.router.handle_events(peer.conn_id, events, self.clock())
             self._after_change()
             if not block or rc.state in (ConnectionState.CLOSED, ConnectionState.ERROR):
                 return
@@ -190,10 +234,18 @@ class RouterRuntime:
                 await peer.wake.wait()
                 peer.wake = anyio.Event()
                 while peer.buf:
-                    data = b"".join(peer.buf)
-                    peer.buf.clear()
-                    peer.size = 0
+                    peer.sending = True
+                    if peer.retry:  # the rest of a write send_nowait began: repeat it as is
+                        peer.retry = False
+                        data = peer.buf.popleft()
+                        peer.size -= len(data)
+                    else:
+                        data = b"".join(peer.buf)
+                        peer.buf.clear()
+                        peer.size = 0
                     await peer.stream.send(data)
+                    peer.sending = False
+                    peer.active_at = self.clock()
                     del data  # not kept alive (16 KB+ per idle connection) while waiting
                 if peer.closing:
                     await peer.stream.aclose()
@@ -219,6 +271,24 @@ class RouterRuntime:
                 await self._timer_wake.wait()
             self._timer_wake = anyio.Event()
             self._timer_target = None
+
+    async def _inactive_task(self, expiration: InactiveClients) -> None:
+        """``disconnectTransport`` (smp.md §3.7): close idle connections without subscriptions."""
+        while True:
+            await anyio.sleep(expiration.check_interval)
+            now = self.clock()
+            for peer in list(self.peers.values()):
+                if (
+                    not peer.closing
+                    and client_inactive(peer.active_at, now, expiration.ttl)
+                    and not self.router.has_subscriptions(peer.conn_id)
+                ):
+                    log.debug("connection %d: no subscriptions and inactive for over %s s, closing", peer.conn_id, expiration.ttl)
+                    self.inactive_disconnects += 1
+                    peer.closing = True
+                    peer.buf.clear()
+                    peer.receive_scope.cancel()  # serve_stream then forgets the connection
+                    await anyio.aclose_forcefully(peer.stream)  # type: ignore[arg-type]
 
     def _store_urgent(self) -> bool:
         return self.router.store_write_urgent or self._stop.is_set()
@@ -297,6 +367,8 @@ class RouterRuntime:
             self._tg = tg
             tg.start_soon(self._timer_task)
             tg.start_soon(self._store_task)
+            if self.inactive_clients is not None:
+                tg.start_soon(self._inactive_task, self.inactive_clients)
             if handle_signals:
                 tg.start_soon(self._signal_task)
             accept_scope = anyio.CancelScope()
@@ -401,7 +473,13 @@ def run_server(settings: Any, identity: RouterIdentity, log_level: str = "info")
     restored = store = messages = None  # the router holds what it needs; the rest is garbage
     if store_files is not None:
         freeze_restored_state()
-    runtime = RouterRuntime(router, identity, store_files)
+    inactive = settings.inactive_clients
+    log.info(
+        f"expiring clients inactive for {inactive.ttl:g} seconds every {inactive.check_interval:g} seconds"
+        if inactive is not None
+        else "not expiring inactive clients"
+    )
+    runtime = RouterRuntime(router, identity, store_files, inactive_clients=inactive)
     ctx = server_ssl_context(identity.chain_pem(), identity.server_key_pem())
 
     async def main() -> None:

@@ -43,6 +43,7 @@ of a block raises ``anyio.EndOfStream``; EOF inside a block raises ``anyio.Incom
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -56,6 +57,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
@@ -272,7 +274,8 @@ class BlockStream:
         self.block_size = block_size
         self.peer_chain_der = []
         self._buffer = bytearray()
-        self._send_lock = anyio.Lock()
+        # fast_acquire: an uncontended send does not yield an extra time to take the lock
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
 
     # -- to implement
@@ -317,6 +320,19 @@ class BlockStream:
         """Send raw bytes (sends are serialized)."""
         async with self._send_lock:
             await self._send_raw(bytes(data))
+
+    def receive_block_nowait(self) -> bytes | None:
+        """The next block if it is already here (no waiting), else ``None``: lets a reader handle
+        the blocks a peer sent back to back in one go (and answer them with one write). Errors and
+        the end of the stream surface at the next :meth:`receive_block`. Not supported here."""
+        return None
+
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        """Write what the transport takes at once, without waiting; returns the rest (empty when
+        all of ``data`` went out). The next :meth:`send` must pass exactly that rest (a TLS write
+        that could not finish is repeated with the same bytes). Not supported here: nothing is
+        written."""
+        return data
 
     async def send_block(self, block: bytes) -> None:
         """Send one block; it must be exactly ``block_size`` bytes."""
@@ -402,15 +418,101 @@ class SSLSocketBlockStream(_TLSFacts):
     record buffers between records. One task may receive while another sends (OpenSSL allows a
     write while a non-blocking read waits for data; both run on the event loop thread)."""
 
+    #: reads that found data at once, in a row, before one yields to the other tasks
+    READY_READS_PER_YIELD = 8
+
     def __init__(self, sock: ssl.SSLSocket, block_size: int = BLOCK_SIZE) -> None:
         super().__init__(block_size)
         self.sock = sock
         self.ssl_object = sock
         self._read_session(sock)
+        self._ready_reads = 0
+        self._read_error: Exception | None = None  # met outside a read, raised by the next read
+        # readiness to read, on asyncio (see _wait_readable)
+        self._loop: asyncio.AbstractEventLoop | None | bool = False  # False: not looked up yet
+        self._reader_on = False  # our reader callback is registered with the loop
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._read_want = 0  # bytes the waiting receive takes (0: the waiter only wants readiness)
+        self._read_chunk: bytes | None = None  # read by the callback for the waiting receive
+        self._drained = False  # receive_block_nowait just found nothing: the next read waits first
+
+    def _asyncio_loop(self) -> asyncio.AbstractEventLoop | None:
+        if self._loop is False:
+            try:
+                asyncio_ = sniffio.current_async_library() == "asyncio"
+            except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover
+                asyncio_ = False
+            self._loop = asyncio.get_running_loop() if asyncio_ else None
+        return self._loop  # type: ignore[return-value]
+
+    async def _wait_readable(self, want: int) -> None:
+        """``anyio.wait_readable`` for this socket, cheaper on asyncio: our reader callback stays
+        registered while receives keep waiting (no epoll_ctl add+delete per wait; it is removed when
+        readiness comes with nobody waiting, and at close), and it reads the data for the waiting
+        receive itself (``want`` bytes at most), so a readiness that a receive already consumed
+        costs a failed ``recv`` instead of a task switch."""
+        loop = self._asyncio_loop()
+        if loop is None:
+            await anyio.wait_readable(self.sock)
+            return
+        if self._read_waiter is not None:
+            raise anyio.BusyResourceError("reading from")
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if not self._reader_on:
+            try:
+                loop.add_reader(self.sock.fileno(), self._on_readable)
+            except NotImplementedError:  # pragma: no cover - e.g. the proactor loop
+                self._loop = None
+                await anyio.wait_readable(self.sock)
+                return
+            self._reader_on = True
+        fut = loop.create_future()
+        self._read_waiter, self._read_want = fut, want
+        try:
+            await fut
+        finally:
+            if self._read_waiter is fut:
+                self._read_waiter = None
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    def _stop_reading(self) -> None:
+        if self._reader_on:
+            self._reader_on = False
+            try:
+                self._loop.remove_reader(self.sock.fileno())  # type: ignore[union-attr]
+            except (OSError, ValueError):  # pragma: no cover - already closed
+                pass
+
+    def _on_readable(self) -> None:
+        fut = self._read_waiter
+        if fut is None or fut.done():
+            self._stop_reading()  # nobody waits: stop watching until a receive waits again
+            return
+        if self._read_want and self._read_chunk is None and self._read_error is None:
+            try:
+                data = self.sock.recv(self._read_want)
+            except ssl.SSLWantReadError:
+                return  # already consumed: keep waiting
+            except ssl.SSLWantWriteError:
+                pass  # the receive retries and waits for writability
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._read_error = anyio.EndOfStream()
+            except (ssl.SSLError, OSError) as e:
+                self._read_error = anyio.BrokenResourceError()
+                self._read_error.__cause__ = e
+            else:
+                if data:
+                    self._read_chunk = data
+                else:  # close_notify, or a TCP FIN without it
+                    self._read_error = anyio.EndOfStream()
+        self._read_waiter = None
+        fut.set_result(None)
 
     async def _wait(self, writable: bool) -> None:
         try:
-            await (anyio.wait_writable if writable else anyio.wait_readable)(self.sock)
+            await (anyio.wait_writable(self.sock) if writable else self._wait_readable(0))
         except anyio.BusyResourceError:
             # The other direction's task already waits for this readiness (OpenSSL needs to
             # read while writing, or the reverse — a TLS 1.3 post-handshake message): it will
@@ -418,14 +520,37 @@ class SSLSocketBlockStream(_TLSFacts):
             await anyio.sleep(0.001)
 
     async def _receive_raw(self, max_bytes: int) -> bytes:
-        await anyio.lowlevel.checkpoint()  # a fast peer must not starve the other tasks
+        # A fast peer must not starve the other tasks: a read that waits yields anyway; reads
+        # that find data at once yield every READY_READS_PER_YIELD-th time (one event-loop pass
+        # per read cost ~10 µs of router CPU per 16 KB block).
+        self._ready_reads += 1
+        if self._ready_reads >= self.READY_READS_PER_YIELD:
+            self._ready_reads = 0
+            await anyio.lowlevel.checkpoint()
+        drained, self._drained = self._drained, False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
+            if self._read_error is not None:
+                raise self._read_error
+            if self._read_chunk is not None:  # read for us by _on_readable
+                data, self._read_chunk = self._read_chunk, None
+                if len(data) > max_bytes:  # pragma: no cover - only after a cancelled receive
+                    data, self._read_chunk = data[:max_bytes], data[max_bytes:]
+                return data
             try:
+                if drained and not self.sock.pending():
+                    # receive_block_nowait has just met an empty socket: wait without another
+                    # failed read (data that came since makes the wait end at once)
+                    drained = False
+                    raise ssl.SSLWantReadError
                 data = self.sock.recv(max_bytes)
             except ssl.SSLWantReadError:
-                await self._wait(writable=False)
+                self._ready_reads = 0
+                try:
+                    await self._wait_readable(max_bytes)
+                except anyio.BusyResourceError:
+                    await anyio.sleep(0.001)  # (as in _wait)
                 continue
             except ssl.SSLWantWriteError:
                 await self._wait(writable=True)
@@ -441,12 +566,16 @@ class SSLSocketBlockStream(_TLSFacts):
     async def receive_exactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, reading no more than that from OpenSSL (a block is usually one
         TLS record: one ``recv``, no copies)."""
-        if self._buffer:  # pragma: no cover - only receive_some could leave bytes; it never does here
+        if len(self._buffer) >= n:  # pragma: no cover - only receive_some could leave that much
             return await super().receive_exactly(n)
-        data = await self._receive_raw(n)
-        if len(data) == n:
-            return data
-        parts, got = [data], len(data)
+        if self._buffer:  # the start of a block (receive_block_nowait)
+            parts, got = [bytes(self._buffer)], len(self._buffer)
+            self._buffer.clear()
+        else:
+            data = await self._receive_raw(n)
+            if len(data) == n:
+                return data
+            parts, got = [data], len(data)
         while got < n:
             try:
                 data = await self._receive_raw(n - got)
@@ -455,6 +584,62 @@ class SSLSocketBlockStream(_TLSFacts):
             parts.append(data)
             got += len(data)
         return b"".join(parts)
+
+    def receive_block_nowait(self) -> bytes | None:
+        """The next block if OpenSSL has all of it now (see :meth:`BlockStream.receive_block_nowait`);
+        a part of one stays buffered for the next receive. ``None`` also every
+        ``READY_READS_PER_YIELD``-th time in a row, so that the next receive yields to the other tasks."""
+        if self._closed or self._read_error is not None or self._read_chunk is not None:
+            return None
+        if len(self._buffer) >= self.block_size:
+            return None
+        if self._ready_reads + 1 >= self.READY_READS_PER_YIELD:
+            return None
+        try:
+            data = self.sock.recv(self.block_size - len(self._buffer))
+        except ssl.SSLWantReadError:
+            self._drained = True
+            return None
+        except ssl.SSLWantWriteError:
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self._read_error = anyio.EndOfStream()
+            return None
+        except (ssl.SSLError, OSError) as e:
+            self._read_error = anyio.BrokenResourceError()
+            self._read_error.__cause__ = e
+            return None
+        if not data:
+            self._read_error = anyio.EndOfStream()
+            return None
+        self._ready_reads += 1
+        if not self._buffer and len(data) == self.block_size:
+            return data
+        self._buffer += data
+        if len(self._buffer) < self.block_size:
+            return None
+        out = bytes(self._buffer)
+        self._buffer.clear()
+        return out
+
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        """Write ``data`` if the socket takes it without waiting (see :meth:`BlockStream.send_nowait`):
+        a sender with nothing queued skips a task switch and the event-loop passes of :meth:`send`.
+        Errors are :class:`anyio.BrokenResourceError`/:class:`anyio.ClosedResourceError`, as for :meth:`send`."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._send_lock.locked():  # a send is in progress: queue behind it
+            return data
+        view = memoryview(data)
+        while view:
+            try:
+                n = self.sock.send(view)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return view  # OpenSSL may hold part of it: the next send repeats exactly these bytes
+            except (ssl.SSLError, OSError) as e:
+                raise anyio.BrokenResourceError from e
+            view = view[n:]
+        return b""
 
     async def _send_raw(self, data: bytes) -> None:
         await anyio.lowlevel.checkpoint()
@@ -478,6 +663,10 @@ class SSLSocketBlockStream(_TLSFacts):
 
     async def _close_raw(self) -> None:
         # wake a task waiting on the socket (ClosedResourceError) before the fd can be reused
+        self._stop_reading()
+        fut, self._read_waiter = self._read_waiter, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)  # the waiter sees _closed
         try:
             anyio.notify_closing(self.sock)
         except Exception:  # pragma: no cover - no running event loop
