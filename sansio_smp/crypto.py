@@ -122,7 +122,7 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
-def _hmac_sha512_states(key: bytes) -> tuple["hashlib._Hash", "hashlib._Hash"]:
+def _hmac_sha512_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     """The (inner, outer) SHA-512 states after absorbing ``key ⊕ ipad`` / ``key ⊕ opad``."""
     if len(key) > _HMAC_BLOCK:
         key = hashlib.sha512(key).digest()
@@ -130,7 +130,7 @@ def _hmac_sha512_states(key: bytes) -> tuple["hashlib._Hash", "hashlib._Hash"]:
     return hashlib.sha512(key.translate(_IPAD)), hashlib.sha512(key.translate(_OPAD))
 
 
-def _hmac_sha512(states: tuple["hashlib._Hash", "hashlib._Hash"], msg: bytes) -> bytes:
+def _hmac_sha512(states: tuple[hashlib._Hash, hashlib._Hash], msg: bytes) -> bytes:
     inner = states[0].copy()
     inner.update(msg)
     outer = states[1].copy()
@@ -154,7 +154,7 @@ def hkdf_sha512(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:
         blocks.append(t)
         got += 64
         i += 1
-    return b"".join(blocks)[:length] if len(blocks) > 1 or got != length else t
+    return b"".join(blocks)[:length]  # (one block: join and the full slice return it as is)
 
 
 def sbc_init(session_id: bytes, dh_secret: bytes) -> tuple[bytes, bytes]:

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import attrs
 
 from . import crypto
-from .encoding import Reader, lg, pad, sb, unpad
+from .encoding import Reader, lg, sb, unpad
 from .errors import CryptoError, LocalProtocolError, ParseError
 
 SMP_BLOCK_SIZE = 16384
@@ -175,7 +175,12 @@ def encode_batch1(transmission: bytes) -> bytes:
 
 def parse_batch(payload: bytes) -> list[bytes]:
     """Split a block payload into transmissions; it must parse exactly (``tParse``)."""
-    if type(payload) is bytes and len(payload) >= 3 and payload[0] == 1 and int.from_bytes(payload[1:3], "big") == len(payload) - 3:
+    if (
+        type(payload) is bytes
+        and len(payload) >= 3
+        and payload[0] == 1
+        and int.from_bytes(payload[1:3], "big") == len(payload) - 3
+    ):
         return [payload[3:]]  # one transmission, exactly (the common case)
     r = Reader(payload)
     n = r.byte()

@@ -2,9 +2,12 @@
 :class:`~sansio_smp.router.Router` in the middle, the store files underneath (smp.md §2, §3, §6).
 
 * One task per connection reads whole blocks and feeds them to its
-  :class:`~sansio_smp.connection.RouterConnection` and the router; one sender task per
-  connection writes what the router produced (a slow reader never blocks other connections; a
-  backlog over :data:`MAX_SEND_BACKLOG` closes that connection).
+  :class:`~sansio_smp.connection.RouterConnection` and the router (blocks already received
+  back to back are handled in the same pass, so their replies share one write); one sender task
+  per connection writes what the router produced (a slow reader never blocks other connections;
+  a backlog over :data:`MAX_SEND_BACKLOG` closes that connection). Output for a connection with
+  nothing queued is written at once when its socket takes it (``send_nowait``), without waking
+  the sender task.
 * One timer task runs :meth:`Router.handle_timer` at :meth:`Router.next_timer` (END/DELD flush,
   NMSG delivery, message expiry) with the real clock.
 * One store task drains :meth:`Router.pending_store_writes`, appends and fsyncs in a worker

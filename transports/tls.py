@@ -410,7 +410,9 @@ class TLSBlockStream(_TLSFacts):
 class SSLSocketBlockStream(_TLSFacts):
     """:class:`BlockStream` over a non-blocking :class:`ssl.SSLSocket` (already handshaken, see
     :func:`tls_handshake_socket`): OpenSSL reads and writes the socket itself; the stream waits
-    with ``anyio.wait_readable``/``wait_writable`` when OpenSSL wants to.
+    with ``anyio.wait_writable`` / a reader callback (``anyio.wait_readable`` off asyncio, see
+    :meth:`_wait_readable`) when OpenSSL wants to. :meth:`receive_block_nowait` and
+    :meth:`send_nowait` let the router runtime read and write without a task switch.
 
     Same behaviour as :class:`TLSBlockStream` (EOF, ragged EOF = ``EndOfStream``; errors =
     ``BrokenResourceError``; ``aclose`` closes without close_notify), with less memory per idle
