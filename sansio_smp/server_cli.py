@@ -120,7 +120,7 @@ def _on_off(value: str, name: str) -> bool:
     raise CLIError(f"{name}: expected on or off, got {value!r}")
 
 
-def _inactive_seconds(value: str | None, key: str) -> int:
+def inactive_seconds(value: str | None, key: str) -> int:
     """``readStrictIni``: with ``disconnect = on`` the key is required (a whole number)."""
     name = f"[INACTIVE_CLIENTS] {key}"
     if value is None:
@@ -177,8 +177,8 @@ def load_settings(directory: str) -> ServerSettings:
     inactive = None
     if flag("INACTIVE_CLIENTS", "disconnect", False):  # settingIsOn: absent = off
         inactive = InactiveClients(
-            _inactive_seconds(get("INACTIVE_CLIENTS", "ttl"), "ttl"),
-            _inactive_seconds(get("INACTIVE_CLIENTS", "check_interval"), "check_interval"),
+            inactive_seconds(get("INACTIVE_CLIENTS", "ttl"), "ttl"),
+            inactive_seconds(get("INACTIVE_CLIENTS", "check_interval"), "check_interval"),
         )
     return ServerSettings(
         directory=directory,

@@ -39,7 +39,7 @@ import attrs
 from sansio_smp.addresses import parse_servers_with_auth
 from sansio_smp.crypto import KeyAlgorithm
 from sansio_smp.errors import ParseError
-from sansio_smp.server_cli import write_file, write_identity_files
+from sansio_smp.server_cli import CLIError, inactive_seconds, write_file, write_identity_files
 from sansio_smp.x509 import generate_router_identity, load_private_key_pem, pem_to_der_list
 
 from . import description as d
@@ -52,8 +52,7 @@ DEFAULT_PORT = 443
 DEFAULT_EXPIRE_HOURS = 48
 
 
-class CLIError(Exception):
-    pass
+# one user-facing error type for every server program (printed without a traceback)
 
 
 # ================================================================ client
@@ -259,18 +258,6 @@ def _size(value: str, name: str) -> int:
         raise CLIError(f"{name}: bad size {value!r} (use e.g. 100gb, 512mb, 64kb)") from e
 
 
-def _seconds(value: str | None, name: str) -> int:
-    if value is None:
-        raise CLIError(f"{name} is required when [INACTIVE_CLIENTS] disconnect = on")
-    try:
-        n = int(value)
-    except ValueError as e:
-        raise CLIError(f"{name}: not a whole number of seconds: {value!r}") from e
-    if n <= 0:
-        raise CLIError(f"{name}: must be positive")
-    return n
-
-
 def load_settings(directory: str) -> ServerSettings:
     path = os.path.join(directory, INI_NAME)
     ini = configparser.ConfigParser(interpolation=None, delimiters=("=", ":"), comment_prefixes=("#", ";"))
@@ -318,8 +305,8 @@ def load_settings(directory: str) -> ServerSettings:
     if flag("INACTIVE_CLIENTS", "disconnect", False):
         # as readStrictIni: with disconnect = on both keys are required
         inactive = InactiveClients(
-            _seconds(get("INACTIVE_CLIENTS", "ttl"), "[INACTIVE_CLIENTS] ttl"),
-            _seconds(get("INACTIVE_CLIENTS", "check_interval"), "[INACTIVE_CLIENTS] check_interval"),
+            inactive_seconds(get("INACTIVE_CLIENTS", "ttl"), "ttl"),
+            inactive_seconds(get("INACTIVE_CLIENTS", "check_interval"), "check_interval"),
         )
     return ServerSettings(
         directory=directory,
