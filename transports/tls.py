@@ -57,7 +57,6 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import sniffio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
@@ -440,11 +439,10 @@ class SSLSocketBlockStream(_TLSFacts):
 
     def _asyncio_loop(self) -> asyncio.AbstractEventLoop | None:
         if self._loop is False:
-            try:
-                asyncio_ = sniffio.current_async_library() == "asyncio"
-            except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover
-                asyncio_ = False
-            self._loop = asyncio.get_running_loop() if asyncio_ else None
+            try:  # running under asyncio (directly or as anyio's backend)? trio has no asyncio loop
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # pragma: no cover - trio
+                self._loop = None
         return self._loop  # type: ignore[return-value]
 
     async def _wait_readable(self, want: int) -> None:
