@@ -39,7 +39,7 @@ import attrs
 from sansio_smp.addresses import parse_servers_with_auth
 from sansio_smp.crypto import KeyAlgorithm
 from sansio_smp.errors import ParseError
-from sansio_smp.server_cli import CLIError, inactive_seconds, write_file, write_identity_files
+from transports.server_cli import CLIError, inactive_seconds, write_file, write_identity_files
 from sansio_smp.x509 import generate_router_identity, load_private_key_pem, pem_to_der_list
 
 from . import description as d
